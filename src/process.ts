@@ -19,6 +19,18 @@
 
 const live = new Set<Deno.ChildProcess>();
 const STDERR_KEEP = 16 * 1024;
+const died = new Set<Server>();
+let tracer: ((argv: readonly string[]) => void) | undefined;
+
+/**
+ * Shows every command line before it runs (`-x`). Command lines never hold secrets, so they
+ * are safe to print.
+ *
+ * @param fn Called with the program and its arguments; undefined turns tracing off.
+ */
+export function traceCommands(fn: ((argv: readonly string[]) => void) | undefined): void {
+  tracer = fn;
+}
 
 /** Thrown when an external program fails: exit code, program name and its stderr. */
 export class CommandError extends Error {
@@ -154,6 +166,7 @@ export class Server implements AsyncDisposable {
     this.#status = child.status.then((s) => {
       this.#exited = true;
       live.delete(child);
+      if (!this.#stopping) died.add(this);
       return s;
     });
     this.#stderrDone = (async () => {
@@ -274,6 +287,7 @@ export async function startServer(
     }
   } catch (e) {
     await server.stop();
+    died.delete(server); // already described in the error
     throw e;
   }
 }
@@ -283,6 +297,19 @@ async function socketAccepts(socket: string): Promise<boolean> {
   const conn = await Deno.connect({ transport: "unix", path: socket });
   conn.close();
   return true;
+}
+
+/**
+ * Describes the servers that exited without being asked to since the last call, so that an
+ * error such as "connection lost" can say which server died and what it printed.
+ *
+ * @returns One description per server, e.g. `qemu-nbd (target "x") was killed by SIGKILL`.
+ */
+export async function takeDeadServers(): Promise<string[]> {
+  const out: string[] = [];
+  for (const s of died) out.push(await s.describeExit());
+  died.clear();
+  return out;
 }
 
 /** Stops every child process that is still running (used on interrupt). */
@@ -300,6 +327,7 @@ function spawn(
   args: readonly string[],
   opts: { stdout: "piped" | "null"; env: Record<string, string> | undefined },
 ): Deno.ChildProcess {
+  tracer?.([program, ...args]);
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(program, {

@@ -1,0 +1,288 @@
+/**
+ * The command line, spelled as virt-v2v spells it, so that scripts written for virt-v2v run
+ * with vmshift. virt-v2v's two-letter options take one dash (`-os`, `-oo`); `node:util`
+ * `parseArgs` only knows one-letter short options, so those are rewritten to their long form
+ * (`--os`) before parsing, and both spellings work.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { UsageError } from "./errors.ts";
+import type { InputCli } from "./input/types.ts";
+import type { OutputCli } from "./output/types.ts";
+
+/** The whole command line, parsed. */
+export interface Cli {
+  /** Input options, or undefined when no `-i` was given. */
+  input?: InputCli;
+  /** Output options, or undefined when no `-o` was given. */
+  output?: OutputCli;
+  /** `--machine-readable`. */
+  machineReadable: boolean;
+  /** `--print-source`. */
+  printSource: boolean;
+  /** `-v`. */
+  verbose: boolean;
+  /** `-x`: trace external commands. */
+  trace: boolean;
+  /** `-q`. */
+  quiet: boolean;
+  /** `-h` / `--help`. */
+  help: boolean;
+  /** `-V` / `--version`. */
+  version: boolean;
+}
+
+/** Options with two letters after one dash, as virt-v2v spells them. */
+const TWO_LETTER = new Set([
+  "ic",
+  "if",
+  "io",
+  "ip",
+  "it",
+  "oa",
+  "oc",
+  "of",
+  "on",
+  "oo",
+  "op",
+  "os",
+]);
+
+const OPTIONS = {
+  i: { type: "string", short: "i" },
+  ic: { type: "string" },
+  if: { type: "string" },
+  io: { type: "string", multiple: true },
+  ip: { type: "string" },
+  it: { type: "string" },
+  o: { type: "string", short: "o" },
+  oa: { type: "string" },
+  oc: { type: "string" },
+  of: { type: "string" },
+  on: { type: "string" },
+  oo: { type: "string", multiple: true },
+  op: { type: "string" },
+  os: { type: "string" },
+  bandwidth: { type: "string" },
+  "machine-readable": { type: "boolean" },
+  "print-source": { type: "boolean" },
+  verbose: { type: "boolean", short: "v" },
+  x: { type: "boolean", short: "x" },
+  quiet: { type: "boolean", short: "q" },
+  help: { type: "boolean", short: "h" },
+  version: { type: "boolean", short: "V" },
+} as const;
+
+/**
+ * Parses vmshift's arguments.
+ *
+ * @param argv The arguments, without the program name.
+ * @returns The parsed command line.
+ * @throws {UsageError} For unknown options, missing values and bad values.
+ * @example
+ * ```ts
+ * import { parseCli } from "./cli.ts";
+ * const cli = parseCli(["-i", "disk", "g.img", "-o", "local", "-os", "/tmp"]);
+ * if (cli.output?.storage !== "/tmp") throw new Error();
+ * ```
+ */
+export function parseCli(argv: readonly string[]): Cli {
+  const args: string[] = [];
+  let rest = false;
+  for (const a of argv) {
+    if (rest) args.push(a);
+    else if (a === "--") {
+      rest = true;
+      args.push(a);
+    } else if (/^-[a-z]{2}$/.test(a) && TWO_LETTER.has(a.slice(1))) args.push(`-${a}`);
+    else if (/^-[a-z]{2,}$/.test(a)) {
+      // One dash and several letters that are not a virt-v2v option: parseArgs would read it as
+      // a bundle of one-letter flags (-xq); only accept that for flags that exist.
+      if ([...a.slice(1)].every((c) => "vxqhV".includes(c))) args.push(a);
+      else throw new UsageError(`Unknown option "${a}": see vmshift --help`);
+    } else args.push(a);
+  }
+
+  let parsed;
+  try {
+    parsed = parseArgs({ args, options: OPTIONS, allowPositionals: true, strict: true });
+  } catch (e) {
+    throw new UsageError(explain(e));
+  }
+  const v = parsed.values;
+  const cli: Cli = {
+    machineReadable: v["machine-readable"] ?? false,
+    printSource: v["print-source"] ?? false,
+    verbose: v.verbose ?? false,
+    trace: v.x ?? false,
+    quiet: v.quiet ?? false,
+    help: v.help ?? false,
+    version: v.version ?? false,
+  };
+
+  const inputOnly = ["ic", "if", "io", "ip", "it"] as const;
+  const outputOnly = ["oa", "oc", "of", "on", "oo", "op", "os"] as const;
+  if (v.i === undefined) {
+    const stray = inputOnly.find((k) => v[k] !== undefined);
+    if (stray) throw new UsageError(`-${stray} needs an input mode: -i MODE`);
+  }
+  if (v.o === undefined) {
+    const stray = outputOnly.find((k) => v[k] !== undefined);
+    if (stray) throw new UsageError(`-${stray} needs an output mode: -o MODE`);
+  }
+
+  if (v.i !== undefined) {
+    const input: InputCli = {
+      mode: v.i,
+      args: parsed.positionals,
+      options: (v.io ?? []).map((kv) => keyValue("-io", kv, true)),
+    };
+    if (v.ic !== undefined) input.conn = v.ic;
+    if (v.if !== undefined) input.format = v.if;
+    if (v.it !== undefined) input.transport = v.it;
+    if (v.ip !== undefined) input.passwordFile = v.ip;
+    if (v.bandwidth !== undefined) input.bandwidth = parseRate(v.bandwidth);
+    cli.input = input;
+  } else if (parsed.positionals.length) {
+    throw new UsageError(
+      `Unexpected argument "${parsed.positionals[0]}": give the input mode first, e.g. -i disk FILE`,
+    );
+  } else if (v.bandwidth !== undefined) {
+    throw new UsageError(`--bandwidth needs an input mode: -i MODE`);
+  }
+
+  if (v.o !== undefined) {
+    const output: OutputCli = {
+      mode: v.o,
+      options: (v.oo ?? []).map((kv) => keyValue("-oo", kv, false)),
+    };
+    if (v.oa !== undefined) output.allocation = v.oa;
+    if (v.oc !== undefined) output.conn = v.oc;
+    if (v.of !== undefined) output.format = v.of;
+    if (v.on !== undefined) output.name = checkName(v.on);
+    if (v.op !== undefined) output.passwordFile = v.op;
+    if (v.os !== undefined) output.storage = v.os;
+    cli.output = output;
+  }
+  return cli;
+}
+
+function keyValue(flag: string, kv: string, needValue: boolean): [string, string] {
+  const eq = kv.indexOf("=");
+  if (eq === 0) throw new UsageError(`Bad ${flag} option "${kv}": expected KEY=VALUE`);
+  if (eq < 0) {
+    if (needValue) throw new UsageError(`Bad ${flag} option "${kv}": expected KEY=VALUE`);
+    return [kv, ""];
+  }
+  return [kv.slice(0, eq), kv.slice(eq + 1)];
+}
+
+/**
+ * Parses a `--bandwidth` rate in bits per second, with an optional k/M/G suffix (powers of
+ * 1000, as network rates are), the way nbdkit's rate filter takes it.
+ *
+ * @param s The rate, e.g. `100M`.
+ * @returns Bits per second.
+ * @throws {UsageError} When it is not a positive rate.
+ */
+export function parseRate(s: string): number {
+  const m = s.match(/^(\d+(?:\.\d+)?)([kKmMgG]?)$/);
+  const n = m ? Number(m[1]) * ({ "": 1, k: 1e3, m: 1e6, g: 1e9 }[m[2]!.toLowerCase()] ?? 1) : 0;
+  if (!m || !(n >= 1)) {
+    throw new UsageError(`Bad --bandwidth "${s}": expected bits per second, e.g. 100M`);
+  }
+  return Math.round(n);
+}
+
+/**
+ * Checks a VM name given with `-on`: it becomes part of file names.
+ *
+ * @param name The name.
+ * @returns The name.
+ * @throws {UsageError} For an empty name or one with `/` or control characters.
+ */
+export function checkName(name: string): string {
+  // deno-lint-ignore no-control-regex
+  if (name === "" || name === "." || name === ".." || /[/\x00-\x1f]/.test(name)) {
+    throw new UsageError(
+      `Bad -on "${name}": a VM name must not be empty or contain "/" or control characters`,
+    );
+  }
+  return name;
+}
+
+function explain(e: unknown): string {
+  const msg = e instanceof Error ? e.message : String(e);
+  const code = (e as { code?: string }).code;
+  const opt = msg.match(/'(-{1,2}[^' ]+)/)?.[1] ?? "";
+  // Show the option the way the user typed it: --os came from -os.
+  const shown = opt.replace(/^--([a-z]{2})$/, (all, k) => (TWO_LETTER.has(k) ? `-${k}` : all));
+  switch (code) {
+    case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
+      return `Unknown option "${shown}": see vmshift --help`;
+    case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
+      return msg.includes("argument missing")
+        ? `Option "${shown}" needs a value: see vmshift --help`
+        : `Option "${shown}" takes no value: see vmshift --help`;
+    default:
+      return msg;
+  }
+}
+
+/** The `--help` text. */
+export const HELP = `vmshift: move a virtual machine from VMware to KVM
+
+Usage:
+  vmshift -i INPUT [input options] SOURCE... -o OUTPUT [output options]
+
+vmshift reads a VM from the source without ever writing to it, copies only the data that
+matters (no zeroes, no unallocated space) and writes it to the target. Options are spelled as
+virt-v2v spells them.
+
+Examples:
+  # A local disk image to raw files and a libvirt XML in /var/tmp/out
+  vmshift -i disk guest.qcow2 -o local -os /var/tmp/out
+  # The same, as qcow2, with a boot script for qemu
+  vmshift -i disk guest.vmdk -o qemu -os /var/tmp/out -of qcow2 -on newname
+  # Read everything and throw it away (test a source, measure reading)
+  vmshift -i disk guest.img -o null
+
+Input:
+  -i disk FILE        A disk image: raw, qcow2 or vmdk (format detected)
+  -ic URI             Input connection URI (remote inputs)
+  -if FORMAT          Input format, instead of detecting it (raw, qcow2, vmdk)
+  -io KEY=VALUE       Input option (may repeat)
+  -ip FILE            Read the input password from FILE (never on the command line)
+  -it TRANSPORT       Input transport
+  --bandwidth BPS     Limit the network read rate in bits/s, e.g. 100M (remote inputs)
+  --print-source      Print the source VM and stop
+
+Output:
+  -o local -os DIR    Disk files and a libvirt domain XML in DIR
+  -o qemu -os DIR     Disk files and a shell script that boots the VM with qemu in DIR
+  -o null             Read everything, write nothing
+  -of raw|qcow2       Output disk format (default raw)
+  -oa sparse|preallocated
+                      Output allocation (default sparse)
+  -on NAME            Name of the VM on the target (default: from the source)
+  -oc URI             Output connection URI (remote outputs)
+  -op FILE            Read the output password from FILE
+  -os STORAGE         Output storage: a directory, a storage domain
+  -oo KEY[=VALUE]     Output option (may repeat)
+
+Messages:
+  -q, --quiet         Print nothing but errors
+  -v, --verbose       Print debug messages
+  -x                  Print every external command vmshift runs
+  --machine-readable  One JSON object per line on stdout; alone, list capabilities
+  -h, --help          This help
+  -V, --version       The version
+
+Exit codes:
+  0    the VM is fully in place on the target
+  1    the migration failed; what vmshift created on the target was removed
+  2    the command line is wrong; nothing was done
+  130  interrupted by SIGINT (Ctrl-C); 143 by SIGTERM; cleaned up either way
+`;

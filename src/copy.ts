@@ -1,0 +1,280 @@
+/**
+ * The copy engine: moves one disk from an NBD source (the overlay, served by qemu-nbd) to a
+ * {@linkcode CopyTarget}, copying only what matters.
+ *
+ * - The source's extents (base:allocation) are read ahead of the copy. Data extents are read
+ *   and written; extents that read as zero are sent as zero requests, never as bytes; holes are
+ *   skipped when the target already reads as zero.
+ * - Data that turns out to be all zeroes once read (a zero-filled block the guest wrote) is also
+ *   sent as a zero request, so deleted-then-zeroed space costs no bytes on the target.
+ * - Work is spread over several connections, each with a few requests in flight. Every worker
+ *   owns one buffer of `requestSize` bytes, so memory is bounded by
+ *   `connections × depth × requestSize` whatever the disk size.
+ *
+ * @module
+ */
+
+import { NBD_STATE_HOLE, NBD_STATE_ZERO, NbdClient } from "./nbd/client.ts";
+
+/** One connection to a target, able to write data and zeroes. */
+export interface TargetWriter extends AsyncDisposable {
+  /**
+   * Writes data at an offset.
+   * @param offset Byte offset.
+   * @param data The bytes; the buffer may be reused once the promise settles.
+   */
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Makes a range read as zeroes, without sending zero bytes.
+   * @param offset Byte offset.
+   * @param length Byte count.
+   */
+  zero(offset: number, length: number): Promise<void>;
+  /** Makes everything written on this connection durable. */
+  flush(): Promise<void>;
+}
+
+/** Where a disk is copied to. */
+export interface CopyTarget {
+  /** A name for messages (a path, a disk id). */
+  readonly name: string;
+  /** True when ranges never written read as zeroes (a new sparse or preallocated disk). */
+  readonly readsZeroes: boolean;
+  /** How many writers the target wants at most. */
+  readonly maxConnections: number;
+  /** Largest zero request the target accepts in one go. */
+  readonly maxZeroSize: number;
+  /**
+   * Opens one more connection to the target.
+   * @param signal Aborts the connection attempt.
+   * @returns The writer; dispose it to close it.
+   */
+  connect(signal: AbortSignal): Promise<TargetWriter>;
+  /** For local targets served over NBD: the URI, so that nbdcopy can write it directly. */
+  readonly nbdUri?: string;
+}
+
+/** Progress of one disk, reported while copying. */
+export interface CopyProgress {
+  /** Bytes of the virtual disk dealt with (data, zeroes and holes). */
+  done: number;
+  /** The virtual size. */
+  total: number;
+  /** Bytes of data actually sent. */
+  dataBytes: number;
+}
+
+/** Options for {@linkcode copyDisk}. */
+export interface CopyOptions {
+  /**
+   * Connections to the source and to the target.
+   * @default 4
+   */
+  connections?: number;
+  /**
+   * Requests in flight per connection.
+   * @default 2
+   */
+  depth?: number;
+  /**
+   * Size of a data request in bytes.
+   * @default 4 MiB
+   */
+  requestSize?: number;
+  /** Called with progress, at most every few milliseconds. */
+  onProgress?: (p: CopyProgress) => void;
+  /** Aborts the copy. */
+  signal?: AbortSignal;
+}
+
+/** What a copy did, for the report and tests. */
+export interface CopyResult {
+  /** The virtual size. */
+  size: number;
+  /** Bytes sent as data. */
+  dataBytes: number;
+  /** Bytes sent as zero requests. */
+  zeroBytes: number;
+  /** Bytes skipped (holes, onto a target that reads zeroes). */
+  skippedBytes: number;
+}
+
+const MiB = 1024 * 1024;
+/** How much of the disk one block-status request asks about. */
+const STATUS_WINDOW = 1024 * MiB;
+
+type Work = { offset: number; length: number; kind: "data" | "zero" };
+
+/**
+ * Copies one disk.
+ *
+ * @param sourceUri The NBD URI of the source (read-only is enough).
+ * @param target Where to write.
+ * @param options Parallelism, request size, progress, signal.
+ * @returns What was copied.
+ * @throws {Error} When reading or writing fails; the message names the disk and the server.
+ */
+export async function copyDisk(
+  sourceUri: string,
+  target: CopyTarget,
+  options: CopyOptions = {},
+): Promise<CopyResult> {
+  const signal = options.signal ?? new AbortController().signal;
+  const requestSize = options.requestSize ?? 4 * MiB;
+  const wanted = Math.max(1, Math.min(options.connections ?? 4, target.maxConnections));
+
+  await using stack = new AsyncDisposableStack();
+  const first = stack.use(await NbdClient.connect(sourceUri, { signal }));
+  const size = first.size;
+  const connections = first.canMultiConn ? wanted : 1;
+  const sources = [first];
+  const writers: TargetWriter[] = [];
+  for (let i = 1; i < connections; i++) {
+    sources.push(stack.use(await NbdClient.connect(sourceUri, { signal })));
+  }
+  for (let i = 0; i < connections; i++) writers.push(stack.use(await target.connect(signal)));
+
+  const chunk = Math.min(requestSize, first.maxBlockSize);
+  const result: CopyResult = { size, dataBytes: 0, zeroBytes: 0, skippedBytes: 0 };
+  let done = 0;
+  let lastReport = 0;
+  const report = (force = false) => {
+    const now = performance.now();
+    if (!options.onProgress || (!force && now - lastReport < 100)) return;
+    lastReport = now;
+    options.onProgress({ done, total: size, dataBytes: result.dataBytes });
+  };
+  report(true);
+
+  const work = plan(first, size, chunk, target, result, (n) => {
+    done += n;
+    report();
+  });
+
+  // Workers pull from one shared iterator; an iterator can only be advanced by one caller at a
+  // time, so pulls are chained through a promise.
+  let pulling: Promise<unknown> = Promise.resolve();
+  const next = (): Promise<IteratorResult<Work>> => {
+    const p = pulling.then(() => work.next());
+    pulling = p.catch(() => {});
+    return p;
+  };
+
+  const depth = Math.max(1, options.depth ?? 2);
+  const workers: Promise<void>[] = [];
+  const failure = new AbortController();
+  for (let w = 0; w < connections * depth; w++) {
+    const source = sources[w % connections]!;
+    const writer = writers[w % connections]!;
+    workers.push((async () => {
+      const buffer = new Uint8Array(chunk);
+      while (true) {
+        signal.throwIfAborted();
+        if (failure.signal.aborted) return;
+        const item = await next();
+        if (item.done) return;
+        const { offset, length, kind } = item.value;
+        if (kind === "zero") {
+          await writer.zero(offset, length);
+          result.zeroBytes += length;
+        } else {
+          const view = buffer.subarray(0, length);
+          await source.readInto(offset, view);
+          if (isZero(view)) {
+            if (!target.readsZeroes) {
+              await writer.zero(offset, length);
+              result.zeroBytes += length;
+            } else {
+              result.skippedBytes += length;
+            }
+          } else {
+            await writer.write(offset, view);
+            result.dataBytes += length;
+          }
+        }
+        done += length;
+        report();
+      }
+    })().catch((e) => {
+      failure.abort();
+      throw e;
+    }));
+  }
+  const settled = await Promise.allSettled(workers);
+  const rejected = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (rejected) throw rejected.reason;
+  signal.throwIfAborted();
+  // Flush is per connection: flush every connection we wrote on.
+  await Promise.all(writers.map((w) => w.flush()));
+  report(true);
+  return result;
+}
+
+/**
+ * Turns the source's extents into work: data in chunks of at most `chunk` bytes, zero extents
+ * as zero requests (or nothing, for holes on a target that reads zeroes).
+ */
+async function* plan(
+  source: NbdClient,
+  size: number,
+  chunk: number,
+  target: CopyTarget,
+  result: CopyResult,
+  skipped: (n: number) => void,
+): AsyncGenerator<Work> {
+  let offset = 0;
+  while (offset < size) {
+    const window = Math.min(STATUS_WINDOW, size - offset);
+    const extents = await source.blockStatus(offset, window);
+    for (const e of extents) {
+      const end = Math.min(e.offset + e.length, size);
+      if (end <= offset) continue;
+      const start = Math.max(e.offset, offset);
+      const length = end - start;
+      if (e.flags & NBD_STATE_ZERO) {
+        const hole = (e.flags & NBD_STATE_HOLE) !== 0;
+        if (target.readsZeroes && hole) {
+          result.skippedBytes += length;
+          skipped(length);
+        } else {
+          // Allocated zeroes on the source are sent as zero requests even onto a target that
+          // reads zeroes: a preallocated target keeps them allocated, a sparse one drops them.
+          for (let o = start; o < end; o += target.maxZeroSize) {
+            yield { offset: o, length: Math.min(target.maxZeroSize, end - o), kind: "zero" };
+          }
+        }
+      } else {
+        for (let o = start; o < end; o += chunk) {
+          yield { offset: o, length: Math.min(chunk, end - o), kind: "data" };
+        }
+      }
+      offset = end;
+    }
+  }
+}
+
+/**
+ * Tells whether a buffer holds only zero bytes, 4 bytes at a time where aligned.
+ *
+ * @param buf The buffer.
+ * @returns True when every byte is zero.
+ * @example
+ * ```ts
+ * import { isZero } from "./copy.ts";
+ * if (!isZero(new Uint8Array(4096))) throw new Error();
+ * ```
+ */
+export function isZero(buf: Uint8Array): boolean {
+  const head = (4 - (buf.byteOffset % 4)) % 4;
+  const n = buf.length;
+  let i = 0;
+  for (; i < Math.min(head, n); i++) if (buf[i] !== 0) return false;
+  const words = Math.floor((n - i) / 4);
+  if (words > 0) {
+    const w = new Int32Array(buf.buffer, buf.byteOffset + i, words);
+    for (let j = 0; j < w.length; j++) if (w[j] !== 0) return false;
+    i += words * 4;
+  }
+  for (; i < n; i++) if (buf[i] !== 0) return false;
+  return true;
+}

@@ -1,0 +1,232 @@
+/**
+ * Local disk files, shared by the outputs that write into a directory (`-o local`, `-o qemu`):
+ * option checks, the file names (`NAME-sda`, as virt-v2v names them), creation with qemu-img,
+ * a qemu-nbd server per file for the copy, and removal of everything created unless the
+ * output was committed.
+ *
+ * @module
+ */
+
+import { join, resolve } from "node:path";
+import type { CopyTarget } from "../copy.ts";
+import { UsageError } from "../errors.ts";
+import type { RunContext } from "../input/types.ts";
+import type { Server } from "../process.ts";
+import { createImage } from "../qemu_img.ts";
+import { serveQemuNbd } from "../qemu_nbd.ts";
+import { diskName, type Vm } from "../vm.ts";
+import { nbdTarget } from "./nbd_target.ts";
+import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
+
+/** The options every directory output takes. */
+export interface DirOptions {
+  /** The output directory (absolute). */
+  dir: string;
+  /** raw or qcow2. */
+  format: "raw" | "qcow2";
+  /** Whether disks are preallocated. */
+  preallocated: boolean;
+  /** `-on`, when given. */
+  name?: string;
+}
+
+/**
+ * Checks `-os`, `-of`, `-oa` for an output that writes files into a directory.
+ *
+ * @param cli The parsed output options.
+ * @returns The checked options.
+ * @throws {UsageError} For a missing `-os` or a bad value.
+ */
+export function parseDirOptions(cli: OutputCli): DirOptions {
+  if (!cli.storage) {
+    throw new UsageError(`-o ${cli.mode} needs the output directory: -os DIR`);
+  }
+  for (const [flag, value] of [["-oc", cli.conn], ["-op", cli.passwordFile]] as const) {
+    if (value !== undefined) throw new UsageError(`-o ${cli.mode} does not take ${flag}`);
+  }
+  if (cli.options.length) {
+    throw new UsageError(`-o ${cli.mode} takes no -oo options, got "${cli.options[0]![0]}"`);
+  }
+  const format = cli.format ?? "raw";
+  if (format !== "raw" && format !== "qcow2") {
+    throw new UsageError(`Unsupported output format "-of ${format}": use raw or qcow2`);
+  }
+  const allocation = cli.allocation ?? "sparse";
+  if (allocation !== "sparse" && allocation !== "preallocated") {
+    throw new UsageError(`Unsupported allocation "-oa ${allocation}": use sparse or preallocated`);
+  }
+  return {
+    dir: resolve(cli.storage),
+    format,
+    preallocated: allocation === "preallocated",
+    ...(cli.name !== undefined ? { name: cli.name } : {}),
+  };
+}
+
+/**
+ * Checks that a path is an existing, writable directory.
+ *
+ * @param dir The directory.
+ * @throws {Error} Naming the directory and the problem.
+ */
+export async function checkDirectory(dir: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(dir);
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound ? "no such directory" : String(e);
+    throw new Error(`Cannot write to "${dir}": ${why}`);
+  }
+  if (!st.isDirectory) throw new Error(`Cannot write to "${dir}": not a directory`);
+  // access(2) would lie for root on a read-only mount; try it.
+  const probe = join(dir, `.vmshift-probe-${Deno.pid}`);
+  try {
+    (await Deno.open(probe, { write: true, createNew: true })).close();
+    await Deno.remove(probe);
+  } catch (e) {
+    const why = e instanceof Deno.errors.PermissionDenied ? "permission denied" : String(e);
+    throw new Error(`Cannot write to "${dir}": ${why}`);
+  }
+}
+
+/** Disk files being written, with their servers. */
+export class DiskFiles implements AsyncDisposable {
+  /** Paths of the disk files, in disk order. */
+  readonly paths: string[];
+  /** Copy targets, in disk order. */
+  readonly targets: CopyTarget[] = [];
+  readonly #servers: Server[] = [];
+  readonly #created: string[] = [];
+  #committed = false;
+
+  private constructor(paths: string[]) {
+    this.paths = paths;
+  }
+
+  /**
+   * Creates one empty disk file per source disk and serves each for writing. Refuses to
+   * overwrite anything: all names are checked before the first file is created.
+   *
+   * @param vm The VM (its name is the `-on` name).
+   * @param opts Directory, format, allocation.
+   * @param ctx Run context.
+   * @param extraFiles Other files the output will write (metadata), checked too.
+   * @returns The files; dispose to stop the servers (and remove the files unless committed).
+   */
+  static async create(
+    vm: Vm,
+    opts: DirOptions,
+    ctx: RunContext,
+    extraFiles: string[] = [],
+  ): Promise<DiskFiles> {
+    await checkDirectory(opts.dir);
+    const paths = vm.disks.map((d) => join(opts.dir, `${vm.name}-${diskName(d.index)}`));
+    for (const p of [...paths, ...extraFiles]) {
+      const exists = await Deno.lstat(p).then(() => true, () => false);
+      if (exists) {
+        throw new Error(`Cannot write "${p}": the file exists (remove it or choose -on NAME)`);
+      }
+    }
+    const files = new DiskFiles(paths);
+    try {
+      for (const [i, disk] of vm.disks.entries()) {
+        const path = paths[i]!;
+        await createImage(path, {
+          format: opts.format,
+          size: disk.virtualSize,
+          preallocated: opts.preallocated,
+          signal: ctx.signal,
+        });
+        files.#created.push(path);
+        const server = await serveQemuNbd(path, {
+          socket: ctx.dir.join(`out-${diskName(i)}.sock`),
+          format: opts.format,
+          discard: !opts.preallocated,
+          name: `qemu-nbd (target "${path}")`,
+          signal: ctx.signal,
+        });
+        files.#servers.push(server);
+        files.targets.push(
+          nbdTarget(path, server.uri, { readsZeroes: true, preallocated: opts.preallocated }),
+        );
+      }
+    } catch (e) {
+      await files[Symbol.asyncDispose]();
+      throw e;
+    }
+    return files;
+  }
+
+  /**
+   * Records a metadata file written next to the disks, so it is removed if the run fails.
+   * @param path The file.
+   */
+  created(path: string): void {
+    this.#created.push(path);
+  }
+
+  /** Stops the servers, flushing the files; after this, disposing keeps the files. */
+  async commit(): Promise<void> {
+    await this.#stopServers();
+    this.#committed = true;
+  }
+
+  async #stopServers(): Promise<void> {
+    for (const s of this.#servers.splice(0)) await s.stop();
+  }
+
+  /** Stops the servers and, unless committed, removes every file created. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.#stopServers();
+    if (!this.#committed) {
+      for (const p of this.#created.splice(0)) await Deno.remove(p).catch(() => {});
+    }
+  }
+}
+
+/** The metadata file a directory output writes beside the disks. */
+export interface Metadata {
+  /** File name suffix after the VM name, e.g. `.xml`. */
+  suffix: string;
+  /** File mode. */
+  mode: number;
+  /** Renders the file from the VM and its disk files. */
+  render(vm: Vm, disks: Array<{ path: string; format: "raw" | "qcow2" }>): string;
+}
+
+/**
+ * Builds an output that writes the disks into `-os DIR` and one metadata file beside them.
+ *
+ * @param mode The mode name.
+ * @param metadata The metadata file.
+ * @returns The output.
+ */
+export function directoryOutput(mode: string, metadata: Metadata): Output {
+  return {
+    mode,
+    parseOptions(cli: OutputCli): PreparedOutput {
+      const opts = parseDirOptions(cli);
+      return {
+        description: `-o ${mode} -os ${opts.dir}`,
+        async setup(vm, ctx): Promise<OutputSession> {
+          const metaPath = join(opts.dir, `${vm.name}${metadata.suffix}`);
+          const files = await DiskFiles.create(vm, opts, ctx, [metaPath]);
+          return {
+            targets: files.targets,
+            async finalize() {
+              await files.commit();
+              const disks = files.paths.map((path) => ({ path, format: opts.format }));
+              files.created(metaPath);
+              await Deno.writeTextFile(metaPath, metadata.render(vm, disks), {
+                createNew: true,
+                mode: metadata.mode,
+              });
+              return [...files.paths, metaPath];
+            },
+            [Symbol.asyncDispose]: () => files[Symbol.asyncDispose](),
+          };
+        },
+      };
+    },
+  };
+}

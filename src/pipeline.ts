@@ -1,0 +1,154 @@
+/**
+ * The pipeline, as one straight line (after virt-v2v's `v2v.ml`): choose the modes and check
+ * their options, open the source, put a qcow2 overlay in front of every disk, set up the
+ * target, copy every disk, finalize. Every resource is acquired with `await using` on the line
+ * that creates it, so a failure or an interrupt at any point unwinds in reverse order: the
+ * output removes what it created, servers stop, the temporary directory goes.
+ *
+ * @module
+ */
+
+import type { Cli } from "./cli.ts";
+import { copyDisk, type CopyResult } from "./copy.ts";
+import { UsageError } from "./errors.ts";
+import { selectInput } from "./input/mod.ts";
+import type { InputSession, RunContext } from "./input/types.ts";
+import { selectOutput } from "./output/mod.ts";
+import { takeDeadServers } from "./process.ts";
+import { formatBytes } from "./progress.ts";
+import type { Reporter } from "./progress.ts";
+import { createOverlay } from "./qemu_img.ts";
+import { serveQemuNbd } from "./qemu_nbd.ts";
+import { TempDir } from "./tmpdir.ts";
+import { diskName, type Vm } from "./vm.ts";
+
+/**
+ * Runs one migration.
+ *
+ * @param cli The parsed command line (with `-i`).
+ * @param reporter Where messages and progress go.
+ * @param signal Aborted on SIGINT/SIGTERM.
+ * @throws {UsageError} For option errors, before anything is done.
+ * @throws {Error} For any failure; everything created was removed by then.
+ */
+export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal): Promise<void> {
+  if (!cli.input) throw new UsageError("No input: give -i MODE, e.g. -i disk FILE");
+  const input = selectInput(cli.input.mode).parseOptions(cli.input);
+  if (!cli.printSource && !cli.output) {
+    throw new UsageError("No output: give -o MODE, e.g. -o local -os DIR");
+  }
+  // Output options are checked before anything is done, to catch errors early.
+  const output = cli.printSource || !cli.output
+    ? undefined
+    : selectOutput(cli.output.mode).parseOptions(cli.output);
+  if (cli.input.bandwidth !== undefined && cli.input.mode === "disk") {
+    reporter.warning("--bandwidth has no effect on -i disk: it limits remote transfers");
+  }
+
+  await using dir = await TempDir.create();
+  const ctx: RunContext = { dir, signal, debug: (m) => reporter.debug(m) };
+  reporter.message(`Setting up the source: ${input.description}`);
+  await using source = await input.open(ctx);
+  if (!output) {
+    printSource(source, cli, reporter);
+    return;
+  }
+  const vm: Vm = { ...source.vm, name: cli.output?.name ?? source.vm.name };
+
+  reporter.message("Creating an overlay to protect the source from being modified");
+  const overlays: string[] = [];
+  for (const [i, uri] of source.uris.entries()) {
+    const path = dir.join(`overlay-${diskName(i)}.qcow2`);
+    await createOverlay(path, uri, vm.disks[i]!.virtualSize, { signal });
+    overlays.push(path);
+  }
+
+  reporter.message(`Setting up the destination: ${output.description}`);
+  await using target = await output.setup(vm, ctx);
+
+  const results: CopyResult[] = [];
+  for (const [i, overlay] of overlays.entries()) {
+    reporter.message(
+      `Copying disk ${i + 1}/${overlays.length} (${formatBytes(vm.disks[i]!.virtualSize)})`,
+    );
+    await using server = await serveQemuNbd(overlay, {
+      socket: dir.join(`overlay-${diskName(i)}.sock`),
+      format: "qcow2",
+      readOnly: true,
+      name: `qemu-nbd (overlay of disk ${i + 1})`,
+      signal,
+    });
+    try {
+      results.push(
+        await copyDisk(server.uri, target.targets[i]!, {
+          signal,
+          onProgress: (p) => reporter.progress(i + 1, overlays.length, p),
+        }),
+      );
+    } catch (e) {
+      throw await explainCopyFailure(e, i, signal);
+    } finally {
+      reporter.progressDone();
+    }
+    const r = results[i]!;
+    reporter.debug(
+      `disk ${i + 1}: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
+    );
+  }
+
+  reporter.message("Creating output metadata");
+  const created = await target.finalize();
+  const data = results.reduce((n, r) => n + r.dataBytes, 0);
+  reporter.message("Finishing off");
+  for (const f of created) reporter.info(`    ${f}`);
+  reporter.info(
+    `Copied ${formatBytes(data)} of data from ${formatBytes(vm.disks.reduce((n, d) => n + d.virtualSize, 0))} of disks`,
+  );
+  reporter.result({
+    vm: vm.name,
+    created,
+    disks: results.map((r) => ({
+      size: r.size,
+      data_bytes: r.dataBytes,
+      zero_bytes: r.zeroBytes,
+      skipped_bytes: r.skippedBytes,
+    })),
+    seconds: Math.round(reporter.elapsed * 10) / 10,
+  });
+}
+
+async function explainCopyFailure(e: unknown, i: number, signal: AbortSignal): Promise<unknown> {
+  if (signal.aborted) return signal.reason ?? e;
+  const dead = await takeDeadServers();
+  const msg = e instanceof Error ? e.message : String(e);
+  return new Error(
+    `Copying disk ${i + 1} failed: ${msg}${dead.length ? ` (${dead.join("; ")})` : ""}`,
+    { cause: e },
+  );
+}
+
+function printSource(source: InputSession, cli: Cli, reporter: Reporter): void {
+  const vm = source.vm;
+  if (cli.machineReadable) {
+    reporter.result({ source: vm });
+    return;
+  }
+  const lines = [
+    `    source name: ${vm.name}`,
+    `         memory: ${vm.memory} (bytes)`,
+    `       nr vCPUs: ${vm.vcpus}`,
+    `       firmware: ${vm.firmware ?? "unknown"}`,
+    `disks:`,
+    ...vm.disks.map((d) =>
+      `\t${d.index} [${d.sourceFormat ?? "?"}] ${d.source} (${formatBytes(d.virtualSize)})`
+    ),
+    `NICs:`,
+    ...vm.nics.map((n) =>
+      `\tNetwork "${n.network ?? "default"}"${n.mac ? ` mac: ${n.mac}` : ""}${
+        n.model ? ` [${n.model}]` : ""
+      }`
+    ),
+  ];
+  // --print-source output is the point of the run: printed even with -q.
+  console.log(lines.join("\n"));
+}

@@ -1,0 +1,172 @@
+/**
+ * The copy engine against a real qemu-nbd source, with a recording target: what travels as
+ * data, what as zero requests, and what is skipped.
+ */
+
+import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { copyDisk, type CopyTarget, isZero, type TargetWriter } from "../src/copy.ts";
+import { run } from "../src/process.ts";
+import { serveQemuNbd } from "../src/qemu_nbd.ts";
+import { TempDir } from "../src/tmpdir.ts";
+
+const MiB = 1024 * 1024;
+
+type Op = { op: "write" | "zero"; offset: number; length: number; conn: number };
+
+function recorder(readsZeroes: boolean, image: Uint8Array): CopyTarget & { ops: Op[] } {
+  const ops: Op[] = [];
+  let conns = 0;
+  return {
+    name: "recorder",
+    readsZeroes,
+    maxConnections: 4,
+    maxZeroSize: 64 * MiB,
+    ops,
+    connect(): Promise<TargetWriter> {
+      const conn = conns++;
+      return Promise.resolve({
+        write(offset, data) {
+          ops.push({ op: "write", offset, length: data.length, conn });
+          image.set(data, offset);
+          return Promise.resolve();
+        },
+        zero(offset, length) {
+          ops.push({ op: "zero", offset, length, conn });
+          image.fill(0, offset, offset + length);
+          return Promise.resolve();
+        },
+        flush: () => Promise.resolve(),
+        [Symbol.asyncDispose]: () => Promise.resolve(),
+      });
+    },
+  };
+}
+
+/** A 64 MiB qcow2: data at 0 (3 MiB of 0xab), zero clusters at 8 MiB (2 MiB), zero bytes written as data at 16 MiB (1 MiB), data at the last 512 bytes. */
+async function image(dir: TempDir): Promise<string> {
+  const path = dir.join("src.qcow2");
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "64M"]);
+  await run("qemu-io", [
+    "-f",
+    "qcow2",
+    "-c",
+    "write -P 0xab 0 3M",
+    "-c",
+    "write -z 8M 2M",
+    "-c",
+    "write -P 0 16M 1M",
+    "-c",
+    `write -P 0xcd ${64 * MiB - 512} 512`,
+    path,
+  ]);
+  return path;
+}
+
+function expected(): Uint8Array {
+  const want = new Uint8Array(64 * MiB);
+  want.fill(0xab, 0, 3 * MiB);
+  want.fill(0xcd, 64 * MiB - 512);
+  return want;
+}
+
+Deno.test("copy onto a target that reads zeroes: data as bytes, holes skipped", async () => {
+  await using dir = await TempDir.create();
+  await using server = await serveQemuNbd(await image(dir), {
+    socket: dir.join("s.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const got = new Uint8Array(64 * MiB);
+  const target = recorder(true, got);
+  const result = await copyDisk(server.uri, target, { requestSize: 1 * MiB });
+  assertEquals(got, expected());
+  const written = target.ops.filter((o) => o.op === "write").reduce((n, o) => n + o.length, 0);
+  assertEquals(written, 3 * MiB + 512, "only the data travels as bytes");
+  assertEquals(result.dataBytes, 3 * MiB + 512);
+  // The zero clusters are sent as a zero request; the zero bytes read as data are found to be
+  // zero and skipped; the rest are holes.
+  assertEquals(result.zeroBytes, 2 * MiB);
+  assertEquals(result.dataBytes + result.zeroBytes + result.skippedBytes, 64 * MiB);
+  assert(target.ops.every((o) => o.length <= 1 * MiB || o.op === "zero"));
+  assertEquals(new Set(target.ops.map((o) => o.conn)).size > 1, true, "several connections");
+});
+
+Deno.test("copy onto a target that does not read zeroes: every zero range is a zero request", async () => {
+  await using dir = await TempDir.create();
+  await using server = await serveQemuNbd(await image(dir), {
+    socket: dir.join("s.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const got = new Uint8Array(64 * MiB).fill(0x55);
+  const target = recorder(false, got);
+  const result = await copyDisk(server.uri, target, {});
+  assertEquals(got, expected());
+  assertEquals(result.skippedBytes, 0);
+  assertEquals(result.dataBytes, 3 * MiB + 512);
+  assertEquals(result.zeroBytes, 64 * MiB - 3 * MiB - 512);
+});
+
+Deno.test("copy reports progress up to the whole size", async () => {
+  await using dir = await TempDir.create();
+  await using server = await serveQemuNbd(await image(dir), {
+    socket: dir.join("s.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const seen: number[] = [];
+  await copyDisk(server.uri, recorder(true, new Uint8Array(64 * MiB)), {
+    onProgress: (p) => seen.push(p.done),
+  });
+  assertEquals(seen[0], 0);
+  assertEquals(seen.at(-1), 64 * MiB);
+  assert(seen.every((v, i) => i === 0 || v >= seen[i - 1]!), "progress never goes back");
+});
+
+Deno.test("a failing target write fails the copy with its error", async () => {
+  await using dir = await TempDir.create();
+  await using server = await serveQemuNbd(await image(dir), {
+    socket: dir.join("s.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const target: CopyTarget = {
+    ...recorder(true, new Uint8Array(64 * MiB)),
+    connect: () =>
+      Promise.resolve({
+        write: () => Promise.reject(new Error("disk full")),
+        zero: () => Promise.resolve(),
+        flush: () => Promise.resolve(),
+        [Symbol.asyncDispose]: () => Promise.resolve(),
+      }),
+  };
+  await assertRejects(() => copyDisk(server.uri, target), Error, "disk full");
+});
+
+Deno.test("an aborted copy stops with the abort reason", async () => {
+  await using dir = await TempDir.create();
+  await using server = await serveQemuNbd(await image(dir), {
+    socket: dir.join("s.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const ac = new AbortController();
+  ac.abort(new Error("stop now"));
+  await assertRejects(
+    () => copyDisk(server.uri, recorder(true, new Uint8Array(64 * MiB)), { signal: ac.signal }),
+    Error,
+    "stop now",
+  );
+});
+
+Deno.test("isZero finds any non-zero byte at any alignment", () => {
+  const buf = new Uint8Array(4099);
+  assert(isZero(buf));
+  for (const i of [0, 1, 3, 4, 2047, 4095, 4098]) {
+    buf[i] = 1;
+    assert(!isZero(buf), `byte ${i}`);
+    assert(!isZero(buf.subarray(i > 0 ? 1 : 0)), `byte ${i}, unaligned view`);
+    buf[i] = 0;
+  }
+  assert(isZero(new Uint8Array(0)));
+});
