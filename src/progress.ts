@@ -44,7 +44,7 @@ export class Reporter {
   readonly #now: () => number;
   readonly #start: number;
   #lineShown = false;
-  #lastJson = 0;
+  #lastJson = -Infinity;
   /** Recent (time, done) samples for the rate. */
   #samples: Array<[number, number]> = [];
 

@@ -6,12 +6,12 @@
  * @module
  */
 
-import { fromFileUrl } from "node:path";
+import { fileURLToPath } from "node:url";
 import { assert, assertEquals } from "../_assert.ts";
 import { run } from "../../src/process.ts";
 
 /** The repository's main.ts. */
-export const MAIN = fromFileUrl(new URL("../../main.ts", import.meta.url));
+export const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 
 /** What a vmshift run produced. */
 export interface RunResult {
