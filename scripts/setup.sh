@@ -14,6 +14,8 @@ packages=(
   linux-image-amd64  # the appliance kernel: a fresh machine has none in /boot
   openssh-server     # SSH input test peer on 127.0.0.1
   debootstrap        # test guest builder
+  libxml2-utils      # xmllint: tests validate domain XML against libvirt's schema
+  ovmf               # UEFI firmware for -o qemu boot scripts of UEFI guests
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

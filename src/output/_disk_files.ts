@@ -15,6 +15,7 @@ import type { Server } from "../process.ts";
 import { createImage } from "../qemu_img.ts";
 import { serveQemuNbd } from "../qemu_nbd.ts";
 import { diskName, type Vm } from "../vm.ts";
+import { fileTarget } from "./file_target.ts";
 import { nbdTarget } from "./nbd_target.ts";
 import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
 
@@ -138,6 +139,11 @@ export class DiskFiles implements AsyncDisposable {
           signal: ctx.signal,
         });
         files.#created.push(path);
+        if (opts.format === "raw") {
+          // Raw files are written directly: no server between the copy and the file.
+          files.targets.push(fileTarget(path));
+          continue;
+        }
         const server = await serveQemuNbd(path, {
           socket: ctx.dir.join(`out-${diskName(i)}.sock`),
           format: opts.format,
