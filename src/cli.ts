@@ -147,7 +147,9 @@ export function parseCli(argv: readonly string[]): Cli {
     cli.input = input;
   } else if (parsed.positionals.length) {
     throw new UsageError(
-      `Unexpected argument "${parsed.positionals[0]}": give the input mode first, e.g. -i disk FILE`,
+      `Unexpected argument "${
+        parsed.positionals[0]
+      }": give the input mode first, e.g. -i disk FILE`,
     );
   } else if (v.bandwidth !== undefined) {
     throw new UsageError(`--bandwidth needs an input mode: -i MODE`);

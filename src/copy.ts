@@ -7,6 +7,11 @@
  *   skipped when the target already reads as zero.
  * - Data that turns out to be all zeroes once read (a zero-filled block the guest wrote) is also
  *   sent as a zero request, so deleted-then-zeroed space costs no bytes on the target.
+ * - When the overlay's server offers `qemu:allocation-depth` and the caller names the overlay's
+ *   backing source, data the overlay does not hold itself (everything conversion left alone) is
+ *   read straight from the source server, not through the overlay: the same bytes, one hop
+ *   fewer. qemu's NBD client reads a backing file over a single connection, and going around it
+ *   halves the time a large copy takes.
  * - Work is spread over several connections, each with a few requests in flight. Every worker
  *   owns one buffer of `requestSize` bytes, so memory is bounded by
  *   `connections × depth × requestSize` whatever the disk size.
@@ -85,6 +90,11 @@ export interface CopyOptions {
   onProgress?: (p: CopyProgress) => void;
   /** Aborts the copy. */
   signal?: AbortSignal;
+  /**
+   * The NBD URI of the overlay's backing source, to read untouched data from directly. Used
+   * only when the source offers `qemu:allocation-depth`.
+   */
+  backingUri?: string;
 }
 
 /** What a copy did, for the report and tests. */
@@ -103,7 +113,9 @@ const MiB = 1024 * 1024;
 /** How much of the disk one block-status request asks about. */
 const STATUS_WINDOW = 1024 * MiB;
 
-type Work = { offset: number; length: number; kind: "data" | "zero" };
+type Work = { offset: number; length: number; kind: "data" | "zero"; backing?: boolean };
+
+const ALLOCATION_DEPTH = "qemu:allocation-depth";
 
 /**
  * Copies one disk.
@@ -124,13 +136,26 @@ export async function copyDisk(
   const wanted = Math.max(1, Math.min(options.connections ?? 4, target.maxConnections));
 
   await using stack = new AsyncDisposableStack();
-  const first = stack.use(await NbdClient.connect(sourceUri, { signal }));
+  const first = stack.use(
+    await NbdClient.connect(sourceUri, { signal, metaContexts: [ALLOCATION_DEPTH] }),
+  );
   const size = first.size;
   const connections = first.canMultiConn ? wanted : 1;
   const sources = [first];
   const writers: TargetWriter[] = [];
   for (let i = 1; i < connections; i++) {
     sources.push(stack.use(await NbdClient.connect(sourceUri, { signal })));
+  }
+  const backings: NbdClient[] = [];
+  if (options.backingUri && first.metaContexts.includes(ALLOCATION_DEPTH)) {
+    for (let i = 0; i < connections; i++) {
+      backings.push(stack.use(await NbdClient.connect(options.backingUri, { signal })));
+    }
+    if (backings[0]!.size < size) {
+      throw new Error(
+        `The backing source ${options.backingUri} is smaller than the overlay ${sourceUri}`,
+      );
+    }
   }
   for (let i = 0; i < connections; i++) writers.push(stack.use(await target.connect(signal)));
 
@@ -146,7 +171,7 @@ export async function copyDisk(
   };
   report(true);
 
-  const work = plan(first, size, chunk, target, result, (n) => {
+  const work = plan(first, size, chunk, target, result, backings.length > 0, (n) => {
     done += n;
     report();
   });
@@ -165,40 +190,44 @@ export async function copyDisk(
   const failure = new AbortController();
   for (let w = 0; w < connections * depth; w++) {
     const source = sources[w % connections]!;
+    const backing = backings[w % connections];
     const writer = writers[w % connections]!;
-    workers.push((async () => {
-      const buffer = new Uint8Array(chunk);
-      while (true) {
-        signal.throwIfAborted();
-        if (failure.signal.aborted) return;
-        const item = await next();
-        if (item.done) return;
-        const { offset, length, kind } = item.value;
-        if (kind === "zero") {
-          await writer.zero(offset, length);
-          result.zeroBytes += length;
-        } else {
-          const view = buffer.subarray(0, length);
-          await source.readInto(offset, view);
-          if (isZero(view)) {
-            if (!target.readsZeroes) {
-              await writer.zero(offset, length);
-              result.zeroBytes += length;
-            } else {
-              result.skippedBytes += length;
-            }
+    workers.push(
+      (async () => {
+        const buffer = new Uint8Array(chunk);
+        while (true) {
+          signal.throwIfAborted();
+          if (failure.signal.aborted) return;
+          const item = await next();
+          if (item.done) return;
+          const { offset, length, kind } = item.value;
+          const from = item.value.backing && backing ? backing : source;
+          if (kind === "zero") {
+            await writer.zero(offset, length);
+            result.zeroBytes += length;
           } else {
-            await writer.write(offset, view);
-            result.dataBytes += length;
+            const view = buffer.subarray(0, length);
+            await from.readInto(offset, view);
+            if (isZero(view)) {
+              if (!target.readsZeroes) {
+                await writer.zero(offset, length);
+                result.zeroBytes += length;
+              } else {
+                result.skippedBytes += length;
+              }
+            } else {
+              await writer.write(offset, view);
+              result.dataBytes += length;
+            }
           }
+          done += length;
+          report();
         }
-        done += length;
-        report();
-      }
-    })().catch((e) => {
-      failure.abort();
-      throw e;
-    }));
+      })().catch((e) => {
+        failure.abort();
+        throw e;
+      }),
+    );
   }
   const settled = await Promise.allSettled(workers);
   const rejected = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
@@ -220,6 +249,7 @@ async function* plan(
   chunk: number,
   target: CopyTarget,
   result: CopyResult,
+  splitByDepth: boolean,
   skipped: (n: number) => void,
 ): AsyncGenerator<Work> {
   let offset = 0;
@@ -243,9 +273,22 @@ async function* plan(
             yield { offset: o, length: Math.min(target.maxZeroSize, end - o), kind: "zero" };
           }
         }
-      } else {
+      } else if (!splitByDepth) {
         for (let o = start; o < end; o += chunk) {
           yield { offset: o, length: Math.min(chunk, end - o), kind: "data" };
+        }
+      } else {
+        // Depth 1: the overlay holds the data (conversion wrote it). Anything else lives in the
+        // backing source and is read from there.
+        for (let at = start; at < end;) {
+          for (const d of await source.blockStatus(at, end - at, ALLOCATION_DEPTH)) {
+            const backing = d.flags !== 1;
+            const dEnd = d.offset + d.length;
+            for (let o = d.offset; o < dEnd; o += chunk) {
+              yield { offset: o, length: Math.min(chunk, dEnd - o), kind: "data", backing };
+            }
+            at = dEnd;
+          }
         }
       }
       offset = end;

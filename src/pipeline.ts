@@ -75,6 +75,7 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       socket: dir.join(`overlay-${diskName(i)}.sock`),
       format: "qcow2",
       readOnly: true,
+      allocationDepth: true,
       name: `qemu-nbd (overlay of disk ${i + 1})`,
       signal,
     });
@@ -82,6 +83,7 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       results.push(
         await copyDisk(server.uri, target.targets[i]!, {
           signal,
+          backingUri: source.uris[i]!,
           onProgress: (p) => reporter.progress(i + 1, overlays.length, p),
         }),
       );
@@ -92,7 +94,9 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
     }
     const r = results[i]!;
     reporter.debug(
-      `disk ${i + 1}: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
+      `disk ${
+        i + 1
+      }: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
     );
   }
 
@@ -102,7 +106,9 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
   reporter.message("Finishing off");
   for (const f of created) reporter.info(`    ${f}`);
   reporter.info(
-    `Copied ${formatBytes(data)} of data from ${formatBytes(vm.disks.reduce((n, d) => n + d.virtualSize, 0))} of disks`,
+    `Copied ${formatBytes(data)} of data from ${
+      formatBytes(vm.disks.reduce((n, d) => n + d.virtualSize, 0))
+    } of disks`,
   );
   reporter.result({
     vm: vm.name,

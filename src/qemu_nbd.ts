@@ -35,6 +35,12 @@ export interface QemuNbdOptions {
    * @default "writeback"
    */
   cache?: "none" | "writeback" | "unsafe";
+  /**
+   * Also offer the `qemu:allocation-depth` meta context: for each range, how deep in the
+   * backing chain it is allocated (1: in this image, 2: in its backing file, 0: nowhere).
+   * @default false
+   */
+  allocationDepth?: boolean;
   /** Name used in messages. */
   name?: string;
   /** Stops the start when aborted. */
@@ -63,6 +69,7 @@ export function serveQemuNbd(file: string, options: QemuNbdOptions): Promise<Ser
   ];
   if (options.readOnly) args.push("--read-only");
   if (options.discard) args.push("--discard=unmap", "--detect-zeroes=unmap");
+  if (options.allocationDepth) args.push("--allocation-depth");
   args.push(file);
   return startServer("qemu-nbd", args, {
     socket: options.socket,

@@ -106,3 +106,28 @@ function check<E extends Error>(e: unknown, ErrorClass?: Ctor<E>, includes?: str
   }
   return e as E;
 }
+
+/**
+ * Asserts two byte arrays are equal, naming the first difference (a deep-equal diff of a disk
+ * image would not fit in memory).
+ * @param actual What the code produced.
+ * @param expected What it should be.
+ */
+export function assertBytesEqual(actual: Uint8Array, expected: Uint8Array): void {
+  if (actual.length !== expected.length) {
+    throw new nodeAssert.AssertionError({
+      message: `Expected ${expected.length} bytes, got ${actual.length}`,
+    });
+  }
+  for (let i = 0; i < actual.length; i++) {
+    if (actual[i] !== expected[i]) {
+      let end = i;
+      while (end < actual.length && actual[end] !== expected[end]) end++;
+      throw new nodeAssert.AssertionError({
+        message: `Bytes differ from offset ${i} to ${end}: got ${actual[i]}, expected ${
+          expected[i]
+        }`,
+      });
+    }
+  }
+}

@@ -3,10 +3,12 @@
  * data, what as zero requests, and what is skipped.
  */
 
-import { assert, assertEquals, assertRejects } from "./_assert.ts";
+import { assert, assertBytesEqual, assertEquals, assertRejects } from "./_assert.ts";
 import { copyDisk, type CopyTarget, isZero, type TargetWriter } from "../src/copy.ts";
 import { run } from "../src/process.ts";
 import { serveQemuNbd } from "../src/qemu_nbd.ts";
+import { createOverlay } from "../src/qemu_img.ts";
+import { fileTarget } from "../src/output/file_target.ts";
 import { TempDir } from "../src/tmpdir.ts";
 
 const MiB = 1024 * 1024;
@@ -79,7 +81,7 @@ Deno.test("copy onto a target that reads zeroes: data as bytes, holes skipped", 
   const got = new Uint8Array(64 * MiB);
   const target = recorder(true, got);
   const result = await copyDisk(server.uri, target, { requestSize: 1 * MiB });
-  assertEquals(got, expected());
+  assertBytesEqual(got, expected());
   const written = target.ops.filter((o) => o.op === "write").reduce((n, o) => n + o.length, 0);
   // The last 512 bytes are read as one 64 KiB qcow2 cluster: extents have cluster granularity.
   assertEquals(written, 3 * MiB + 64 * 1024, "only the data travels as bytes");
@@ -102,7 +104,7 @@ Deno.test("copy onto a target that does not read zeroes: every zero range is a z
   const got = new Uint8Array(64 * MiB).fill(0x55);
   const target = recorder(false, got);
   const result = await copyDisk(server.uri, target, {});
-  assertEquals(got, expected());
+  assertBytesEqual(got, expected());
   assertEquals(result.skippedBytes, 0);
   assertEquals(result.dataBytes, 3 * MiB + 64 * 1024);
   assertEquals(result.zeroBytes, 64 * MiB - 3 * MiB - 64 * 1024);
@@ -170,4 +172,69 @@ Deno.test("isZero finds any non-zero byte at any alignment", () => {
     buf[i] = 0;
   }
   assert(isZero(new Uint8Array(0)));
+});
+
+Deno.test("copy into a new raw file through several handles writes every chunk in place", async () => {
+  await using dir = await TempDir.create();
+  // Many data chunks, so that requests on the same handle overlap in time.
+  const src = dir.join("src.raw");
+  const data = new Uint8Array(48 * MiB);
+  for (let i = 0; i < data.length; i += 4096) data[i] = (i / 4096) % 251 + 1;
+  await Deno.writeFile(src, data);
+  await using server = await serveQemuNbd(src, {
+    socket: dir.join("s.sock"),
+    format: "raw",
+    readOnly: true,
+  });
+  const out = dir.join("out.raw");
+  await Deno.writeFile(out, new Uint8Array(0));
+  await Deno.truncate(out, data.length);
+  const result = await copyDisk(server.uri, fileTarget(out), {
+    requestSize: 1 * MiB,
+    connections: 2,
+    depth: 4,
+  });
+  assertEquals(result.dataBytes, data.length);
+  assertBytesEqual(await Deno.readFile(out), data);
+});
+
+Deno.test("data the overlay does not hold is read from the backing source", async () => {
+  await using dir = await TempDir.create();
+  const src = await image(dir);
+  await using backing = await serveQemuNbd(src, {
+    socket: dir.join("b.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const overlay = dir.join("overlay.qcow2");
+  await createOverlay(overlay, backing.uri, 64 * MiB);
+  // Conversion's stand-in: one write into the overlay, over part of the source's data.
+  await run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 1M 64k", overlay]);
+  await using top = await serveQemuNbd(overlay, {
+    socket: dir.join("o.sock"),
+    format: "qcow2",
+    readOnly: true,
+    allocationDepth: true,
+  });
+  // Tell the copy that the backing is a different image: every byte that comes from it then
+  // shows where it was read from.
+  const other = dir.join("other.raw");
+  await Deno.writeFile(other, new Uint8Array(64 * MiB).fill(0xee));
+  await using otherServer = await serveQemuNbd(other, {
+    socket: dir.join("x.sock"),
+    format: "raw",
+    readOnly: true,
+  });
+  const got = new Uint8Array(64 * MiB);
+  const result = await copyDisk(top.uri, recorder(true, got), {
+    backingUri: otherServer.uri,
+    requestSize: 1 * MiB,
+  });
+  const want = new Uint8Array(64 * MiB);
+  want.fill(0xee, 0, 3 * MiB); // the source's data extents, read from "the backing"
+  want.fill(0x11, 1 * MiB, 1 * MiB + 64 * 1024); // what the overlay holds, read from it
+  want.fill(0xee, 16 * MiB, 17 * MiB); // zero bytes written as data on the source
+  want.fill(0xee, 64 * MiB - 64 * 1024); // the last cluster
+  assertBytesEqual(got, want);
+  assertEquals(result.dataBytes, 4 * MiB + 64 * 1024);
 });

@@ -128,29 +128,43 @@ Deno.test("SIGINT mid-copy: exit 130, output removed, nothing left", async () =>
   await interruptMidCopy("SIGINT", 130);
 });
 
-Deno.test("a server killed mid-copy: the error names it, output removed, nothing left", async () => {
-  await using sb = await Sandbox.create();
-  const src = join(sb.work, "big.qcow2");
-  await makeTestImage(src, { format: "qcow2", virtualSize: 2048 * MiB, dataBytes: 768 * MiB });
-  const out = join(sb.work, "out");
-  await Deno.mkdir(out);
-  const child = sb.spawn(["-i", "disk", src, "-o", "local", "-os", out, "--machine-readable"]);
-  const stderr = new Response(child.stderr).text();
-  const { rest } = await readUntil(child, (l) => l.includes('"progress"'));
-  const target = (await processesMentioning(sb.tmp)).find((l) =>
-    l.includes("qemu-nbd") && l.includes("out-sda.sock")
-  );
-  assert(target, "the target's qemu-nbd is running");
-  Deno.kill(Number(target.split(" ")[0]), "SIGKILL");
-  const status = await child.status;
-  await rest;
-  const err = await stderr;
-  assertEquals(status.code, 1, err);
-  assertStringIncludes(err, "Copying disk 1 failed");
-  assertStringIncludes(err, "was killed by SIGKILL");
-  assertEquals(await entries(out), []);
-  await sb.assertNothingLeft();
-});
+for (const [socket, role] of [["out-sda.sock", "target"], ["in-sda.sock", "source"]] as const) {
+  Deno.test(`the ${role} server killed mid-copy: the error names it, nothing left`, async () => {
+    await using sb = await Sandbox.create();
+    const src = join(sb.work, "big.qcow2");
+    await makeTestImage(src, { format: "qcow2", virtualSize: 2048 * MiB, dataBytes: 768 * MiB });
+    const out = join(sb.work, "out");
+    await Deno.mkdir(out);
+    const child = sb.spawn([
+      "-i",
+      "disk",
+      src,
+      "-o",
+      "local",
+      "-os",
+      out,
+      "-of",
+      "qcow2",
+      "--machine-readable",
+    ]);
+    const stderr = new Response(child.stderr).text();
+    const { rest } = await readUntil(child, (l) => l.includes('"progress"'));
+    const server = (await processesMentioning(sb.tmp)).find((l) =>
+      l.includes("qemu-nbd") && l.includes(socket)
+    );
+    assert(server, `the ${role}'s qemu-nbd is running`);
+    Deno.kill(Number(server.split(" ")[0]), "SIGKILL");
+    const status = await child.status;
+    await rest;
+    const err = await stderr;
+    assertEquals(status.code, 1, err);
+    assertStringIncludes(err, "Copying disk 1 failed");
+    assertStringIncludes(err, `(${role} "`);
+    assertStringIncludes(err, "was killed by SIGKILL");
+    assertEquals(await entries(out), []);
+    await sb.assertNothingLeft();
+  });
+}
 
 Deno.test("a run killed outright leaves no servers; the next run removes its temp dir", async () => {
   await using sb = await Sandbox.create();
