@@ -214,8 +214,13 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
 }
 
+/** Where outputs are written: see `--dir`. */
+let outBase = CACHE;
+/** Outputs are on a disk, not in memory: every run ends with `sync`, so all pay for it. */
+let onDisk = true;
+
 async function freshDir(name: string): Promise<string> {
-  const dir = await Deno.makeTempDir({ dir: CACHE, prefix: `${name}-` });
+  const dir = await Deno.makeTempDir({ dir: outBase, prefix: `vmshift-bench-${name}-` });
   scratch.add(dir);
   return dir;
 }
@@ -247,7 +252,10 @@ async function throughput(
         const dir = await freshDir("out");
         try {
           await sync();
-          const seconds = await runTimed(tool.steps(src, dir, format, virtualSize));
+          // On a disk, every tool's run ends with sync: vmshift flushes its output (exit 0 means
+          // the VM is in place), qemu-img convert and nbdcopy do not by default.
+          const steps = tool.steps(src, dir, format, virtualSize);
+          const seconds = await runTimed(onDisk ? [...steps, ["sync"]] : steps);
           if (timed) times.get(tool.name)!.push(seconds);
           const label = `${timed ? `round ${round + (warmup ? 0 : 1)}` : "warm-up"}: ` +
             `${tool.name} -> ${format}`;
@@ -291,6 +299,8 @@ interface Ratio {
   format: TargetFormat;
   bestPeer: string;
   ratio: number;
+  /** vmshift over nbdcopy: the peer that also moves the data through NBD sockets. */
+  nbdcopyRatio?: number;
 }
 
 function ratios(results: Result[]): Ratio[] {
@@ -300,7 +310,13 @@ function ratios(results: Result[]): Ratio[] {
     const peers = results.filter((r) => r.format === format && r.tool !== "vmshift");
     if (!ours || peers.length === 0) continue;
     const best = peers.reduce((a, b) => (b.median < a.median ? b : a));
-    out.push({ format, bestPeer: best.tool, ratio: ours.median / best.median });
+    const nbdcopy = peers.find((p) => p.tool === "nbdcopy");
+    out.push({
+      format,
+      bestPeer: best.tool,
+      ratio: ours.median / best.median,
+      ...(nbdcopy ? { nbdcopyRatio: ours.median / nbdcopy.median } : {}),
+    });
   }
   return out;
 }
@@ -322,7 +338,10 @@ function printTable(results: Result[], dataBytes: number): void {
   for (const r of ratios(results)) {
     console.log(
       `vmshift / best peer (${r.bestPeer}) for ${r.format}: ${r.ratio.toFixed(2)}` +
-        (r.ratio <= 1 ? " (vmshift is as fast or faster)" : ""),
+        (r.ratio <= 1 ? " (vmshift is as fast or faster)" : "") +
+        (r.nbdcopyRatio !== undefined && r.bestPeer !== "nbdcopy"
+          ? `; vmshift / nbdcopy: ${r.nbdcopyRatio.toFixed(2)}`
+          : ""),
     );
   }
 }
@@ -535,7 +554,9 @@ async function version(argv: string[]): Promise<string> {
 }
 
 const USAGE = `Usage: deno task bench [--data 4G] [--size 16G] [--runs 3] [--quick]
-    [--only vmshift|qemu-img|nbdcopy]... [--no-memory] [--no-warmup] [--no-verify]
+    [--only vmshift|qemu-img|nbdcopy]... [--no-memory] [--no-warmup] [--no-verify] [--dir DIR]
+  --dir DIR    where outputs go (default /dev/shm when it has room, else .cache/bench); on a
+               disk every run is timed up to the end of a sync
 
   --quick      a small image (256 MiB of data in 2 GiB), one run, no warm-up: a smoke test
   --only T     run only these tools (repeat, or comma-separated)
@@ -555,6 +576,7 @@ async function main(args: string[]): Promise<number> {
         "no-memory": { type: "boolean", default: false },
         "no-warmup": { type: "boolean", default: false },
         "no-verify": { type: "boolean", default: false },
+        dir: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -594,6 +616,18 @@ async function main(args: string[]): Promise<number> {
   }
 
   const src = await sourceImage(virtualSize, dataBytes);
+  // Outputs go to memory (tmpfs) when there is room, so that what is measured is the copy and
+  // not this machine's disk write-back, which varies several-fold from one run to the next.
+  const shm = "/dev/shm";
+  const shmFree = await freeBytes(shm).catch(() => 0);
+  if (values.dir) {
+    outBase = values.dir;
+    onDisk = !(await isTmpfs(values.dir));
+  } else if (shmFree > dataBytes * 3) {
+    outBase = shm;
+    onDisk = false;
+  }
+  log(`outputs in "${outBase}" (${onDisk ? "on disk: each run ends with sync" : "tmpfs"})`);
   const results = await throughput(src, virtualSize, dataBytes, tools, {
     runs,
     warmup: !quick && !values["no-warmup"],
@@ -601,7 +635,10 @@ async function main(args: string[]): Promise<number> {
   });
   printTable(results, dataBytes);
   console.log(
-    "\nNotes: every run starts with a synced page cache holding the source; vmshift is timed " +
+    `\nNotes: outputs in ${outBase} (${
+      onDisk ? "a disk: each run is timed up to the end of a sync" : "tmpfs: no disk write-back"
+    }); ` +
+      "every run starts with a synced page cache holding the source; vmshift is timed " +
       "as a whole command (Deno start-up included); qemu-img convert runs with and without -W " +
       "(out-of-order writes, not the default); nbdcopy writes qcow2 through qemu-nbd into an " +
       "image made with qemu-img create, which is counted.",
@@ -618,7 +655,15 @@ async function main(args: string[]): Promise<number> {
 
   const report = {
     date: new Date().toISOString(),
-    parameters: { dataBytes, virtualSize, runs, quick, only: tools.map((t) => t.name) },
+    parameters: {
+      dataBytes,
+      virtualSize,
+      runs,
+      quick,
+      only: tools.map((t) => t.name),
+      outputs: outBase,
+      onDisk,
+    },
     host: {
       cpus: navigator.hardwareConcurrency,
       deno: Deno.version.deno,
@@ -663,4 +708,14 @@ if (import.meta.main) {
     await cleanUp();
   }
   Deno.exit(code);
+}
+
+async function freeBytes(path: string): Promise<number> {
+  const out = await new Deno.Command("df", { args: ["-B1", "--output=avail", path] }).output();
+  return Number(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)) || 0;
+}
+
+async function isTmpfs(path: string): Promise<boolean> {
+  const out = await new Deno.Command("stat", { args: ["-f", "-c", "%T", path] }).output();
+  return new TextDecoder().decode(out.stdout).trim() === "tmpfs";
 }

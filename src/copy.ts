@@ -72,8 +72,9 @@ export interface CopyProgress {
 /** Options for {@linkcode copyDisk}. */
 export interface CopyOptions {
   /**
-   * Connections to the source and to the target.
-   * @default 4
+   * Connections to the source and to the target. More connections than CPUs only add
+   * contention (measured: 2 beat 4 on a 2-CPU machine).
+   * @default 4, or the number of CPUs when fewer
    */
   connections?: number;
   /**
@@ -133,7 +134,13 @@ export async function copyDisk(
 ): Promise<CopyResult> {
   const signal = options.signal ?? new AbortController().signal;
   const requestSize = options.requestSize ?? 4 * MiB;
-  const wanted = Math.max(1, Math.min(options.connections ?? 4, target.maxConnections));
+  const wanted = Math.max(
+    1,
+    Math.min(
+      options.connections ?? Math.min(4, navigator.hardwareConcurrency),
+      target.maxConnections,
+    ),
+  );
 
   await using stack = new AsyncDisposableStack();
   const first = stack.use(
