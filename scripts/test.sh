@@ -12,4 +12,18 @@ deno lint
 echo "== deno check"
 deno task -q check
 echo "== deno test"
-deno test -A --trace-leaks --doc --parallel "$@" main.ts src/ tests/
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+NO_COLOR=1 deno test -A --trace-leaks --doc --parallel "$@" main.ts src/ tests/ 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# A plain closing line, the same whatever the runner prints: "N passed, N failed, N skipped".
+summary=$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -n 1)
+if [ -n "$summary" ]; then
+  passed=$(sed -E 's/.* ([0-9]+) passed.*/\1/' <<<"$summary")
+  failed=$(sed -E 's/.* ([0-9]+) failed.*/\1/' <<<"$summary")
+  ignored=$(grep -oE '[0-9]+ ignored' <<<"$summary" | cut -d' ' -f1)
+  echo "tests: $passed passed, $failed failed, ${ignored:-0} skipped"
+fi
+exit "$rc"
