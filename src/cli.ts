@@ -30,6 +30,8 @@ export interface Cli {
   quiet: boolean;
   /** `-h` / `--help`. */
   help: boolean;
+  /** `--parallel N`: copy up to N disks at once. */
+  parallel: number;
   /** `-V` / `--version`. */
   version: boolean;
 }
@@ -66,6 +68,7 @@ const OPTIONS = {
   op: { type: "string" },
   os: { type: "string" },
   bandwidth: { type: "string" },
+  parallel: { type: "string" },
   "machine-readable": { type: "boolean" },
   "print-source": { type: "boolean" },
   verbose: { type: "boolean", short: "v" },
@@ -120,6 +123,7 @@ export function parseCli(argv: readonly string[]): Cli {
     quiet: v.quiet ?? false,
     help: v.help ?? false,
     version: v.version ?? false,
+    parallel: v.parallel === undefined ? 1 : parsePositive("--parallel", v.parallel),
   };
 
   const inputOnly = ["ic", "if", "io", "ip", "it"] as const;
@@ -171,6 +175,14 @@ export function parseCli(argv: readonly string[]): Cli {
   return cli;
 }
 
+function parsePositive(flag: string, s: string): number {
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || !Number.isSafeInteger(n) || n < 1) {
+    throw new UsageError(`Bad ${flag} "${s}": expected a whole number from 1`);
+  }
+  return n;
+}
+
 function keyValue(flag: string, kv: string, needValue: boolean): [string, string] {
   const eq = kv.indexOf("=");
   if (eq === 0) throw new UsageError(`Bad ${flag} option "${kv}": expected KEY=VALUE`);
@@ -218,16 +230,18 @@ export function checkName(name: string): string {
 function explain(e: unknown): string {
   const msg = e instanceof Error ? e.message : String(e);
   const code = (e as { code?: string }).code;
-  const opt = msg.match(/'(-{1,2}[^' ]+)/)?.[1] ?? "";
+  // "Option '-h, --help' does not take an argument": name the long form.
+  const quoted = msg.match(/'([^']+)'/)?.[1] ?? "";
+  const opt = quoted.match(/--[\w-]+/)?.[0] ?? quoted.match(/-\w/)?.[0] ?? quoted;
   // Show the option the way the user typed it: --os came from -os.
   const shown = opt.replace(/^--([a-z]{2})$/, (all, k) => (TWO_LETTER.has(k) ? `-${k}` : all));
   switch (code) {
     case "ERR_PARSE_ARGS_UNKNOWN_OPTION":
       return `Unknown option "${shown}": see vmshift --help`;
     case "ERR_PARSE_ARGS_INVALID_OPTION_VALUE":
-      return msg.includes("argument missing")
-        ? `Option "${shown}" needs a value: see vmshift --help`
-        : `Option "${shown}" takes no value: see vmshift --help`;
+      return msg.includes("does not take an argument")
+        ? `Option "${shown}" takes no value: see vmshift --help`
+        : `Option "${shown}" needs a value: see vmshift --help`;
     default:
       return msg;
   }
@@ -273,6 +287,7 @@ Output:
   -op FILE            Read the output password from FILE
   -os STORAGE         Output storage: a directory, a storage domain
   -oo KEY[=VALUE]     Output option (may repeat)
+  --parallel N        Copy up to N disks at once (default 1)
 
 Messages:
   -q, --quiet         Print nothing but errors

@@ -39,6 +39,20 @@ export interface TargetWriter extends AsyncDisposable {
   flush(): Promise<void>;
 }
 
+/**
+ * Reads the source again: a target that loses writes it had acknowledged (an imageio server
+ * answers 500 after losing what it held since the last flush) resends them from here instead
+ * of keeping copies, so memory stays bounded.
+ */
+export interface SourceReader {
+  /**
+   * Fills `buffer` with the source's bytes at `offset`.
+   * @param offset Byte offset.
+   * @param buffer Where the bytes go.
+   */
+  readInto(offset: number, buffer: Uint8Array): Promise<void>;
+}
+
 /** Where a disk is copied to. */
 export interface CopyTarget {
   /** A name for messages (a path, a disk id). */
@@ -52,9 +66,10 @@ export interface CopyTarget {
   /**
    * Opens one more connection to the target.
    * @param signal Aborts the connection attempt.
+   * @param source Reads the source again, for targets that must resend lost writes.
    * @returns The writer; dispose it to close it.
    */
-  connect(signal: AbortSignal): Promise<TargetWriter>;
+  connect(signal: AbortSignal, source: SourceReader): Promise<TargetWriter>;
   /** For local targets served over NBD: the URI, so that nbdcopy can write it directly. */
   readonly nbdUri?: string;
 }
@@ -164,7 +179,10 @@ export async function copyDisk(
       );
     }
   }
-  for (let i = 0; i < connections; i++) writers.push(stack.use(await target.connect(signal)));
+  // Lost writes are re-read through the overlay: it serves the converted disk as a whole.
+  for (let i = 0; i < connections; i++) {
+    writers.push(stack.use(await target.connect(signal, sources[i]!)));
+  }
 
   const chunk = Math.min(requestSize, first.maxBlockSize);
   const result: CopyResult = { size, dataBytes: 0, zeroBytes: 0, skippedBytes: 0 };

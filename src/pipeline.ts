@@ -66,39 +66,51 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
   reporter.message(`Setting up the destination: ${output.description}`);
   await using target = await output.setup(vm, ctx);
 
-  const results: CopyResult[] = [];
-  for (const [i, overlay] of overlays.entries()) {
-    reporter.message(
-      `Copying disk ${i + 1}/${overlays.length} (${formatBytes(vm.disks[i]!.virtualSize)})`,
-    );
-    await using server = await serveQemuNbd(overlay, {
-      socket: dir.join(`overlay-${diskName(i)}.sock`),
-      format: "qcow2",
-      readOnly: true,
-      allocationDepth: true,
-      name: `qemu-nbd (overlay of disk ${i + 1})`,
-      signal,
-    });
-    try {
-      results.push(
-        await copyDisk(server.uri, target.targets[i]!, {
-          signal,
+  // Disks are copied one after the other, or up to --parallel at once.
+  const results: CopyResult[] = new Array(overlays.length);
+  let nextDisk = 0;
+  // The first disk that fails stops the others.
+  const stopLanes = new AbortController();
+  const laneSignal = AbortSignal.any([signal, stopLanes.signal]);
+  const copyNext = async (): Promise<void> => {
+    while (nextDisk < overlays.length && !laneSignal.aborted) {
+      const i = nextDisk++;
+      reporter.message(
+        `Copying disk ${i + 1}/${overlays.length} (${formatBytes(vm.disks[i]!.virtualSize)})`,
+      );
+      await using server = await serveQemuNbd(overlays[i]!, {
+        socket: dir.join(`overlay-${diskName(i)}.sock`),
+        format: "qcow2",
+        readOnly: true,
+        allocationDepth: true,
+        name: `qemu-nbd (overlay of disk ${i + 1})`,
+        signal,
+      });
+      try {
+        results[i] = await copyDisk(server.uri, target.targets[i]!, {
+          signal: laneSignal,
           backingUri: source.uris[i]!,
           onProgress: (p) => reporter.progress(i + 1, overlays.length, p),
-        }),
+        });
+      } catch (e) {
+        if (stopLanes.signal.aborted && !signal.aborted) return; // another disk failed first
+        stopLanes.abort();
+        throw await explainCopyFailure(e, i, signal);
+      } finally {
+        reporter.progressDone();
+      }
+      const r = results[i]!;
+      reporter.debug(
+        `disk ${
+          i + 1
+        }: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
       );
-    } catch (e) {
-      throw await explainCopyFailure(e, i, signal);
-    } finally {
-      reporter.progressDone();
     }
-    const r = results[i]!;
-    reporter.debug(
-      `disk ${
-        i + 1
-      }: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
-    );
-  }
+  };
+  const lanes = Array.from({ length: Math.min(cli.parallel, overlays.length) }, copyNext);
+  const settled = await Promise.allSettled(lanes);
+  const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
+  if (failed) throw failed.reason;
 
   reporter.message("Creating output metadata");
   const created = await target.finalize();

@@ -127,3 +127,13 @@ Deno.test("arguments after -- are positional", () => {
     "-weird-name.img",
   ]);
 });
+
+Deno.test("--parallel takes a whole number from 1", () => {
+  assertEquals(parseCli(["-o", "null"]).parallel, 1);
+  assertEquals(parseCli(["--parallel", "3", "-o", "null"]).parallel, 3);
+  for (const bad of ["0", "1.5", "x"]) {
+    assertThrows(() => parseCli(["--parallel", bad]), UsageError, "Bad --parallel");
+  }
+  assertThrows(() => parseCli(["--parallel", "-1"]), UsageError, '"--parallel" needs a value');
+  assertThrows(() => parseCli(["--help=x"]), UsageError, '"--help" takes no value');
+});
