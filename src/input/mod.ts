@@ -6,10 +6,11 @@
 
 import { UsageError } from "../errors.ts";
 import { diskInput } from "./disk.ts";
+import { ovaInput } from "./ova.ts";
 import type { Input } from "./types.ts";
 
 /** Input modes vmshift has, for `--help` and `--machine-readable`. */
-export const INPUT_MODES = ["disk"] as const;
+export const INPUT_MODES = ["disk", "ova"] as const;
 
 /**
  * Finds the input module for `-i MODE`.
@@ -22,6 +23,8 @@ export function selectInput(mode: string): Input {
   switch (mode) {
     case "disk":
       return diskInput;
+    case "ova":
+      return ovaInput;
     default:
       throw new UsageError(
         `Unknown input mode "-i ${mode}": vmshift reads ${INPUT_MODES.join(", ")}`,
