@@ -267,6 +267,7 @@ Examples:
 
 Input:
   -i disk FILE        A disk image: raw, qcow2 or vmdk (format detected)
+  -i ova FILE.ova     A VMware OVA: a tar file, or a directory holding an unpacked OVA
   -ic URI             Input connection URI (remote inputs)
   -if FORMAT          Input format, instead of detecting it (raw, qcow2, vmdk)
   -io KEY=VALUE       Input option (may repeat)

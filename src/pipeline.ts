@@ -41,12 +41,19 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
   const output = cli.printSource || !cli.output
     ? undefined
     : selectOutput(cli.output.mode).parseOptions(cli.output);
-  if (cli.input.bandwidth !== undefined && cli.input.mode === "disk") {
-    reporter.warning("--bandwidth has no effect on -i disk: it limits remote transfers");
+  if (cli.input.bandwidth !== undefined && !input.remote) {
+    reporter.warning(
+      `--bandwidth has no effect on -i ${cli.input.mode}: it limits remote transfers`,
+    );
   }
 
   await using dir = await TempDir.create();
-  const ctx: RunContext = { dir, signal, debug: (m) => reporter.debug(m) };
+  const ctx: RunContext = {
+    dir,
+    signal,
+    debug: (m) => reporter.debug(m),
+    warning: (m) => reporter.warning(m),
+  };
   reporter.message(`Setting up the source: ${input.description}`);
   await using source = await input.open(ctx);
   if (!output) {

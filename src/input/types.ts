@@ -59,12 +59,19 @@ export interface RunContext {
   signal: AbortSignal;
   /** Prints a debug message when `-v` is on. */
   debug: (message: string) => void;
+  /** Tells the user something that does not stop the run. */
+  warning: (message: string) => void;
 }
 
 /** An input whose options were checked, ready to open. */
 export interface PreparedInput {
   /** A one-line description for messages, e.g. `-i disk /var/tmp/guest.img`. */
   readonly description: string;
+  /**
+   * The source is read over a network, so `--bandwidth` applies to it.
+   * @default false
+   */
+  readonly remote?: boolean;
   /**
    * Opens the source and serves each disk read-only over NBD.
    *
