@@ -117,7 +117,13 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
   const lanes = Array.from({ length: Math.min(cli.parallel, overlays.length) }, copyNext);
   const settled = await Promise.allSettled(lanes);
   const failed = settled.find((s): s is PromiseRejectedResult => s.status === "rejected");
-  if (failed) throw failed.reason;
+  if (failed) {
+    // Undo the target now, so that the error can say what was cleaned up.
+    const undone = signal.aborted ? "" : await target.abort?.().catch(() => "");
+    if (!undone) throw failed.reason;
+    const msg = failed.reason instanceof Error ? failed.reason.message : String(failed.reason);
+    throw new Error(`${msg} (cleaned up: ${undone})`, { cause: failed.reason });
+  }
 
   reporter.message("Creating output metadata");
   const created = await target.finalize();

@@ -79,4 +79,12 @@ export interface OutputSession extends AsyncDisposable {
    * @returns Paths or identifiers of what was created, for the final message.
    */
   finalize(): Promise<string[]>;
+  /**
+   * Undoes what the session created, now rather than on dispose, so that the error of a failed
+   * copy can say what was cleaned up. Outputs whose clean-up needs no telling (local files)
+   * leave it out; disposing undoes everything anyway.
+   *
+   * @returns What was undone, e.g. `cancelled 1 transfer, removed 1 disk`; empty for nothing.
+   */
+  abort?(): Promise<string>;
 }
