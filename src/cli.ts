@@ -264,6 +264,9 @@ Examples:
   vmshift -i disk guest.vmdk -o qemu -os /var/tmp/out -of qcow2 -on newname
   # Read everything and throw it away (test a source, measure reading)
   vmshift -i disk guest.img -o null
+  # An OVA into oVirt, through imageio
+  vmshift -i ova guest.ova -o rhv -oc https://engine.example/ovirt-engine/api \
+      -op password.txt -os data -oo rhv-cafile=ca.pem -oo rhv-cluster=Default
 
 Input:
   -i disk FILE        A disk image: raw, qcow2 or vmdk (format detected)
@@ -280,6 +283,13 @@ Output:
   -o local -os DIR    Disk files and a libvirt domain XML in DIR
   -o qemu -os DIR     Disk files and a shell script that boots the VM with qemu in DIR
   -o null             Read everything, write nothing
+  -o rhv -oc URL -op FILE -os DOMAIN
+                      Upload to oVirt/RHV through imageio and create the VM (also spelled
+                      rhv-upload, ovirt, ovirt-upload). URL: https://ENGINE/ovirt-engine/api
+                      -oo rhv-cafile=CA.pem  the engine's CA (TLS is always verified)
+                      -oo rhv-cluster=NAME   the cluster (default "Default")
+                      -oo rhv-direct[=false] the imageio daemon only (or the proxy only)
+                      -oo rhv-disk-uuid=UUID the disk's id (once per disk, in order)
   -of raw|qcow2       Output disk format (default raw)
   -oa sparse|preallocated
                       Output allocation (default sparse)

@@ -30,8 +30,9 @@
  *    image ids, `POST /vms` with a correlation id and wait until none of its jobs is `started`,
  *    log out.
  * 4. Disposing without finalize (a failure, Ctrl-C) cancels the transfers, removes the disks and
- *    logs out. Failures in `setup` and `finalize` say what failed and what was cleaned up; for
- *    failures elsewhere (the copy) the clean-up is told as a warning before the error.
+ *    logs out. Failures in `setup` and `finalize` say what failed and what was cleaned up; for a
+ *    failed copy the pipeline calls `abort()` first, so its error says it too; an interrupt is
+ *    reported with a warning naming what was removed.
  *
  * @module
  */
