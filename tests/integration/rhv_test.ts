@@ -8,6 +8,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../_assert.ts";
 import { makeTestImage, type TestImage } from "../../scripts/make_test_image.ts";
+import { makeOvaFixture } from "../../scripts/make_ova_fixture.ts";
 import { parseOvf } from "../servers/_ovf.ts";
 import { makeCertificate, type Ovirt, type OvirtOptions, startOvirt } from "../servers/mod.ts";
 import { assertSameContent, processesMentioning, readUntil, Sandbox } from "./_harness.ts";
@@ -344,5 +345,30 @@ Deno.test("-o rhv usage errors exit 2 before anything is done", async () => {
   }
   assertNothingOnEngine(w.ovirt);
   assertEquals(w.ovirt.stats().connections, 0, "imageio was never reached");
+  await w.sb.assertNothingLeft();
+});
+
+Deno.test("-i ova with two disks -o rhv --parallel 2: both disks arrive, one VM names both", async () => {
+  await using w = await world();
+  const images: string[] = [];
+  for (const [i, size] of [[0, 64 * MiB], [1, 32 * MiB]] as const) {
+    const raw = join(w.sb.work, `disk${i}.raw`);
+    await makeTestImage(raw, { format: "raw", virtualSize: size, dataBytes: 4 * MiB, seed: i + 3 });
+    images.push(raw);
+  }
+  const ova = join(w.sb.work, "two.ova");
+  await makeOvaFixture(ova, { disks: images.map((image) => ({ image })), name: "two" });
+  const args = w.args().slice(3); // drop "-i disk SOURCE"
+  const r = await w.sb.run(["-i", "ova", ova, ...args, "--parallel", "2"]);
+  assertEquals(r.code, 0, r.stderr);
+  const disks = w.ovirt.disks();
+  assertEquals(disks.length, 2);
+  const vms = w.ovirt.vms();
+  assertEquals(vms.map((v) => v.name), ["two"]);
+  for (const d of disks) assertStringIncludes(vms[0]!.ovf, d.id);
+  // Each stored image holds one of the source disks (their order on the engine is its own).
+  const bySize = new Map(disks.map((d) => [d.provisionedSize, d.path]));
+  await assertSameContent(images[0]!, bySize.get(64 * MiB)!);
+  await assertSameContent(images[1]!, bySize.get(32 * MiB)!);
   await w.sb.assertNothingLeft();
 });
