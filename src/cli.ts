@@ -68,6 +68,7 @@ const OPTIONS = {
   op: { type: "string" },
   os: { type: "string" },
   bandwidth: { type: "string" },
+  "bandwidth-file": { type: "string" },
   parallel: { type: "string" },
   "machine-readable": { type: "boolean" },
   "print-source": { type: "boolean" },
@@ -148,6 +149,7 @@ export function parseCli(argv: readonly string[]): Cli {
     if (v.it !== undefined) input.transport = v.it;
     if (v.ip !== undefined) input.passwordFile = v.ip;
     if (v.bandwidth !== undefined) input.bandwidth = parseRate(v.bandwidth);
+    if (v["bandwidth-file"] !== undefined) input.bandwidthFile = v["bandwidth-file"];
     cli.input = input;
   } else if (parsed.positionals.length) {
     throw new UsageError(
@@ -157,6 +159,8 @@ export function parseCli(argv: readonly string[]): Cli {
     );
   } else if (v.bandwidth !== undefined) {
     throw new UsageError(`--bandwidth needs an input mode: -i MODE`);
+  } else if (v["bandwidth-file"] !== undefined) {
+    throw new UsageError(`--bandwidth-file needs an input mode: -i MODE`);
   }
 
   if (v.o !== undefined) {
@@ -194,8 +198,9 @@ function keyValue(flag: string, kv: string, needValue: boolean): [string, string
 }
 
 /**
- * Parses a `--bandwidth` rate in bits per second, with an optional k/M/G suffix (powers of
- * 1000, as network rates are), the way nbdkit's rate filter takes it.
+ * Parses a `--bandwidth` rate in bits per second, with an optional k/M/G suffix. The suffixes
+ * are powers of 1024, as nbdkit's rate filter reads them: virt-v2v hands the string to nbdkit,
+ * so `10M` means the same here as there (and as in a `--bandwidth-file`).
  *
  * @param s The rate, e.g. `100M`.
  * @returns Bits per second.
@@ -203,7 +208,9 @@ function keyValue(flag: string, kv: string, needValue: boolean): [string, string
  */
 export function parseRate(s: string): number {
   const m = s.match(/^(\d+(?:\.\d+)?)([kKmMgG]?)$/);
-  const n = m ? Number(m[1]) * ({ "": 1, k: 1e3, m: 1e6, g: 1e9 }[m[2]!.toLowerCase()] ?? 1) : 0;
+  const n = m
+    ? Number(m[1]) * ({ "": 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30 }[m[2]!.toLowerCase()] ?? 1)
+    : 0;
   if (!m || !(n >= 1)) {
     throw new UsageError(`Bad --bandwidth "${s}": expected bits per second, e.g. 100M`);
   }
@@ -277,6 +284,8 @@ Input:
   -ip FILE            Read the input password from FILE (never on the command line)
   -it TRANSPORT       Input transport
   --bandwidth BPS     Limit the network read rate in bits/s, e.g. 100M (remote inputs)
+  --bandwidth-file FILE
+                      Read the rate limit from FILE; changes apply while running
   --print-source      Print the source VM and stop
 
 Output:

@@ -41,7 +41,7 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
   const output = cli.printSource || !cli.output
     ? undefined
     : selectOutput(cli.output.mode).parseOptions(cli.output);
-  if (cli.input.bandwidth !== undefined && !input.remote) {
+  if ((cli.input.bandwidth !== undefined || cli.input.bandwidthFile) && !input.remote) {
     reporter.warning(
       `--bandwidth has no effect on -i ${cli.input.mode}: it limits remote transfers`,
     );

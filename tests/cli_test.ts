@@ -115,11 +115,16 @@ Deno.test("-on refuses names that cannot be file names", () => {
 });
 
 Deno.test("--bandwidth takes bits per second with k/M/G", () => {
-  assertEquals(parseRate("100M"), 100_000_000);
-  assertEquals(parseRate("1.5k"), 1500);
+  assertEquals(parseRate("100M"), 100 * 2 ** 20);
+  assertEquals(parseRate("1.5k"), 1536);
   assertEquals(parseRate("42"), 42);
   for (const bad of ["", "0", "-5", "10X", "fast"]) assertThrows(() => parseRate(bad), UsageError);
-  assertEquals(parseCli(["-i", "disk", "f", "--bandwidth", "1G"]).input?.bandwidth, 1e9);
+  assertEquals(parseCli(["-i", "disk", "f", "--bandwidth", "1G"]).input?.bandwidth, 2 ** 30);
+  assertEquals(
+    parseCli(["-i", "disk", "f", "--bandwidth-file", "/r"]).input?.bandwidthFile,
+    "/r",
+  );
+  assertThrows(() => parseCli(["--bandwidth-file", "/r"]), UsageError, "needs an input mode");
 });
 
 Deno.test("arguments after -- are positional", () => {

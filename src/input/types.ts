@@ -33,8 +33,10 @@ export interface InputCli {
   passwordFile?: string;
   /** `-io KEY=VALUE` options, in order. */
   options: Array<[string, string]>;
-  /** `--bandwidth`: bytes per second, for remote transports. */
+  /** `--bandwidth`: bits per second, for remote transports. */
   bandwidth?: number;
+  /** `--bandwidth-file`: a file holding the rate in bits/s, re-read while running. */
+  bandwidthFile?: string;
 }
 
 /** What an input module exports. */
