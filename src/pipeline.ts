@@ -164,14 +164,25 @@ function printSource(source: InputSession, cli: Cli, reporter: Reporter): void {
     reporter.result({ source: vm });
     return;
   }
+  const topology = vm.cpuTopology;
   const lines = [
     `    source name: ${vm.name}`,
+    ...(vm.genid ? [`       VM genid: ${vm.genid}`] : []),
+    ...(vm.guestOs ? [`       guest OS: ${vm.guestOs}`] : []),
     `         memory: ${vm.memory} (bytes)`,
     `       nr vCPUs: ${vm.vcpus}`,
-    `       firmware: ${vm.firmware ?? "unknown"}`,
+    ...(topology
+      ? [
+        `   CPU topology: sockets: ${topology.sockets} cores/socket: ${topology.cores} ` +
+        `threads/core: ${topology.threads}`,
+      ]
+      : []),
+    `       firmware: ${vm.firmware ?? "unknown"}${vm.secureBoot ? " (secure boot)" : ""}`,
     `disks:`,
     ...vm.disks.map((d) =>
-      `\t${d.index} [${d.sourceFormat ?? "?"}] ${d.source} (${formatBytes(d.virtualSize)})`
+      `\t${d.index} [${d.sourceFormat ?? "?"}] ${d.source} (${formatBytes(d.virtualSize)})${
+        d.bus ? ` [${d.bus}]` : ""
+      }`
     ),
     `NICs:`,
     ...vm.nics.map((n) =>

@@ -55,6 +55,11 @@ export interface Vm {
   secureBoot?: boolean;
   /** The source's guest OS identifier (e.g. VMware `guestOS`), when known. */
   guestOs?: string;
+  /**
+   * The VM generation ID (a UUID), when the source has one (VMware `vm.genid`/`vm.genidX`), so
+   * that the target can give the guest the same one (Windows Active Directory relies on it).
+   */
+  genid?: string;
   /** Disks, in order: index 0 is the boot disk. */
   disks: Disk[];
   /** Network interfaces. */

@@ -7,10 +7,11 @@
 import { UsageError } from "../errors.ts";
 import { diskInput } from "./disk.ts";
 import { ovaInput } from "./ova.ts";
+import { vmxInput } from "./vmx.ts";
 import type { Input } from "./types.ts";
 
 /** Input modes vmshift has, for `--help` and `--machine-readable`. */
-export const INPUT_MODES = ["disk", "ova"] as const;
+export const INPUT_MODES = ["disk", "ova", "vmx"] as const;
 
 /**
  * Finds the input module for `-i MODE`.
@@ -25,6 +26,8 @@ export function selectInput(mode: string): Input {
       return diskInput;
     case "ova":
       return ovaInput;
+    case "vmx":
+      return vmxInput;
     default:
       throw new UsageError(
         `Unknown input mode "-i ${mode}": vmshift reads ${INPUT_MODES.join(", ")}`,
