@@ -278,6 +278,9 @@ Examples:
 Input:
   -i disk FILE        A disk image: raw, qcow2 or vmdk (format detected)
   -i ova FILE.ova     A VMware OVA: a tar file, or a directory holding an unpacked OVA
+  -i vmx FILE.vmx     A VMware VM from its .vmx and .vmdk files (any VMDK subformat)
+  -i vmx -it ssh ssh://USER@HOST[:PORT]/PATH/guest.vmx
+                      The same, read over SSH (flat VMDKs; -ip FILE for a password)
   -ic URI             Input connection URI (remote inputs)
   -if FORMAT          Input format, instead of detecting it (raw, qcow2, vmdk)
   -io KEY=VALUE       Input option (may repeat)
