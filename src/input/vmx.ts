@@ -14,7 +14,8 @@
  *    vmfs), from the descriptor. qemu's idea of the disk's size must be the descriptor's.
  *
  * The transport (how files are read and disks served) is a {@linkcode VmxTransport}; this
- * module has the local one. `-it ssh` plugs in at {@linkcode VMX_TRANSPORTS}.
+ * module has the local one. `-it ssh` (`vmx_ssh.ts`: SFTP, nbdkit's ssh plugin) plugs in at
+ * {@linkcode VMX_TRANSPORTS}.
  *
  * @module
  */
@@ -34,6 +35,7 @@ import {
   type VmxModel,
   type VmxSkippedDevice,
 } from "./vmx_parser.ts";
+import { prepareSsh } from "./vmx_ssh.ts";
 
 /** A VMX file larger than this is not one (VMware's are a few KiB). */
 const MAX_VMX = 4 * 1024 * 1024;
@@ -112,7 +114,9 @@ export interface PreparedVmxTransport {
  *
  * Without `-it`, {@linkcode prepareLocal} is used.
  */
-export const VMX_TRANSPORTS: Record<string, (cli: InputCli) => PreparedVmxTransport> = {};
+export const VMX_TRANSPORTS: Record<string, (cli: InputCli) => PreparedVmxTransport> = {
+  ssh: prepareSsh,
+};
 
 /** The `-i vmx` input. */
 export const vmxInput: Input = {
@@ -129,9 +133,6 @@ export const vmxInput: Input = {
     }
     if (cli.format !== undefined) {
       throw new UsageError("-i vmx does not take -if: the disks' formats come from the VMX");
-    }
-    if (cli.options.length) {
-      throw new UsageError(`-i vmx takes no -io options, got "${cli.options[0]![0]}"`);
     }
     let prepared: PreparedVmxTransport;
     if (cli.transport === undefined) {
@@ -172,7 +173,7 @@ export const vmxInput: Input = {
 /**
  * The local transport: files read directly, disks served by qemu-nbd from the descriptor.
  *
- * @param cli The input options (the VMX path; no `-ic`, `-ip`).
+ * @param cli The input options (the VMX path; no `-ic`, `-ip`, `-io`).
  * @returns The prepared transport.
  * @throws {UsageError} For options a local VMX does not take.
  */
@@ -181,6 +182,9 @@ export function prepareLocal(cli: InputCli): PreparedVmxTransport {
     if (cli[flag] !== undefined) {
       throw new UsageError(`-i vmx does not take ${name} without -it ssh`);
     }
+  }
+  if (cli.options.length) {
+    throw new UsageError(`-i vmx takes no -io options, got "${cli.options[0]![0]}"`);
   }
   const given = cli.args[0]!;
   const vmxPath = resolve(given);

@@ -432,7 +432,10 @@ Deno.test("-i vmx usage errors exit 2 before anything is read", async () => {
   const cases: Array<[string[], string]> = [
     [["-i", "vmx", "-o", "null"], "-i vmx needs the VMX file"],
     [["-i", "vmx", "a.vmx", "b.vmx", "-o", "null"], "-i vmx takes one VMX file, got 2"],
-    [["-i", "vmx", "-it", "ssh", "g.vmx", "-o", "null"], "-i vmx cannot use -it ssh yet"],
+    [
+      ["-i", "vmx", "-it", "ssh", "g.vmx", "-o", "null"],
+      "-i vmx -it ssh needs the VMX as an ssh:// URI",
+    ],
     [["-i", "vmx", "-it", "vddk", "g.vmx", "-o", "null"], "-i vmx cannot use -it vddk"],
     [["-i", "vmx", "-if", "vmdk", "g.vmx", "-o", "null"], "-i vmx does not take -if"],
     [["-i", "vmx", "-ic", "esx://h", "g.vmx", "-o", "null"], "-i vmx does not take -ic"],
