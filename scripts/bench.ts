@@ -99,14 +99,14 @@ const groups = new Set<number>();
 const scratch = new Set<string>();
 
 /** A command started in its own session, so that it and everything it starts can be killed. */
-interface Started {
+export interface Started {
   pid: number;
   status: Promise<Deno.CommandStatus>;
   /** stdout and stderr, interleaved by stream (stdout first). */
   output: Promise<string>;
 }
 
-function start(argv: string[]): Started {
+export function start(argv: string[]): Started {
   const child = new Deno.Command("setsid", {
     args: argv,
     stdin: "null",
@@ -150,7 +150,7 @@ async function runTimed(steps: string[][]): Promise<number> {
   return (performance.now() - t0) / 1000;
 }
 
-async function sync(): Promise<void> {
+export async function sync(): Promise<void> {
   await runTimed([["sync"]]);
 }
 
@@ -166,7 +166,7 @@ async function sha256(text: string | Uint8Array<ArrayBuffer>): Promise<string> {
  * Returns a cached qcow2 source image, building it first if needed. Images built by another
  * version of the generator are removed.
  */
-async function sourceImage(virtualSize: number, dataBytes: number): Promise<string> {
+export async function sourceImage(virtualSize: number, dataBytes: number): Promise<string> {
   await Deno.mkdir(CACHE, { recursive: true });
   const generator = (await sha256(await Deno.readFile(GENERATOR))).slice(0, 12);
   const params = (await sha256(JSON.stringify({ virtualSize, dataBytes, seed: 1 }))).slice(0, 12);
@@ -208,7 +208,7 @@ interface Result {
   verified: number;
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const mid = Math.floor(s.length / 2);
   return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
@@ -346,7 +346,7 @@ function printTable(results: Result[], dataBytes: number): void {
   }
 }
 
-function printRows(rows: string[][]): void {
+export function printRows(rows: string[][]): void {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   for (const row of rows) {
     console.log(
@@ -358,7 +358,7 @@ function printRows(rows: string[][]): void {
 
 // --- memory ---------------------------------------------------------------------------------
 
-interface MemoryResult {
+export interface MemoryResult {
   run: string;
   seconds: number;
   /** Peak RSS of the vmshift (deno) process, from polling VmHWM. */
@@ -412,7 +412,7 @@ async function descendants(pid: number): Promise<number[]> {
   return found;
 }
 
-async function hasTime(): Promise<boolean> {
+export async function hasTime(): Promise<boolean> {
   try {
     await Deno.stat("/usr/bin/time");
     return true;
@@ -421,7 +421,7 @@ async function hasTime(): Promise<boolean> {
   }
 }
 
-async function measureMemory(label: string, argv: string[], useTime: boolean): Promise<
+export async function measureMemory(label: string, argv: string[], useTime: boolean): Promise<
   MemoryResult
 > {
   const timeFile = useTime ? await Deno.makeTempFile({ dir: CACHE, suffix: ".time" }) : "";
@@ -679,7 +679,7 @@ async function main(args: string[]): Promise<number> {
   return 0;
 }
 
-async function cleanUp(): Promise<void> {
+export async function cleanUp(): Promise<void> {
   if (groups.size) {
     for (const pgid of groups) killGroup(pgid, "SIGTERM");
     await new Promise((r) => setTimeout(r, 1000));
@@ -710,7 +710,7 @@ if (import.meta.main) {
   Deno.exit(code);
 }
 
-async function freeBytes(path: string): Promise<number> {
+export async function freeBytes(path: string): Promise<number> {
   const out = await new Deno.Command("df", { args: ["-B1", "--output=avail", path] }).output();
   return Number(new TextDecoder().decode(out.stdout).trim().split("\n").at(-1)) || 0;
 }

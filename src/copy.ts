@@ -61,6 +61,12 @@ export interface CopyTarget {
   readonly readsZeroes: boolean;
   /** How many writers the target wants at most. */
   readonly maxConnections: number;
+  /**
+   * How many connections to use when the caller does not say. A remote target whose time goes
+   * in round trips (imageio over HTTPS) wants all it allows, whatever the local CPU count.
+   * @default 4, or the number of local CPUs when fewer
+   */
+  readonly connections?: number;
   /** Largest zero request the target accepts in one go. */
   readonly maxZeroSize: number;
   /**
@@ -152,7 +158,8 @@ export async function copyDisk(
   const wanted = Math.max(
     1,
     Math.min(
-      options.connections ?? Math.min(4, navigator.hardwareConcurrency),
+      options.connections ?? target.connections ??
+        Math.min(4, navigator.hardwareConcurrency),
       target.maxConnections,
     ),
   );

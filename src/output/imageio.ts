@@ -206,6 +206,13 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
   readonly readsZeroes: boolean;
   /** min(max_writers, the options' maxConnections). */
   readonly maxConnections: number;
+  /**
+   * All of {@linkcode ImageioTarget.maxConnections}: uploads wait on round trips, not on local
+   * CPUs (measured: 4 connections cut the upload phase from 5.4-6.8 s to 4.6-5.2 s on 2 CPUs).
+   */
+  get connections(): number {
+    return this.maxConnections;
+  }
   /** Largest zero request. */
   readonly maxZeroSize: number = 1024 * MiB;
   /** What the server offers. */
