@@ -342,8 +342,13 @@ Deno.test("ssh input against a real sshd", async (t) => {
       await reader(2); // burst
       const slow = await reader(1);
       await writeAtomically(rateFile, "64M\n");
+      // Up to a second may pass before the filter reads the file: 1 MiB at the old rate covers it.
+      await reader(1);
       const fast = await reader(2);
       await writeAtomically(rateFile, "8M\n");
+      // The filter re-reads the file once a second and its bucket may still hold up to 2 s of
+      // the old rate's tokens: drain those before measuring the new rate.
+      await reader(3);
       const slowAgain = await reader(1);
       const took = `1 MiB in ${slow.toFixed(2)} s, 2 MiB at 64M in ${fast.toFixed(2)} s, ` +
         `1 MiB back at 8M in ${slowAgain.toFixed(2)} s`;
