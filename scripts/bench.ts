@@ -688,13 +688,26 @@ export async function cleanUp(): Promise<void> {
   for (const path of scratch) await Deno.remove(path, { recursive: true }).catch(() => {});
 }
 
-if (import.meta.main) {
+/**
+ * Runs a benchmark's main with the interrupt handling every benchmark needs: the first SIGINT
+ * or SIGTERM stops the tools and cleans up, exit 130; a failure after an interrupt is expected
+ * and not reported.
+ *
+ * @param name Prefix for messages, e.g. `bench:rhv`.
+ * @param main The benchmark; returns the exit code.
+ * @param cleanUpAll Stops what runs and removes what was made.
+ */
+export async function runBench(
+  name: string,
+  main: (args: string[]) => Promise<number>,
+  cleanUpAll: () => Promise<void>,
+): Promise<never> {
   let interrupted = false;
   const onSignal = (signal: Deno.Signal) => () => {
     if (interrupted) return;
     interrupted = true;
-    log(`${signal}: stopping`);
-    cleanUp().finally(() => Deno.exit(130));
+    console.error(`${name}: ${signal}: stopping`);
+    cleanUpAll().finally(() => Deno.exit(130));
   };
   Deno.addSignalListener("SIGINT", onSignal("SIGINT"));
   Deno.addSignalListener("SIGTERM", onSignal("SIGTERM"));
@@ -702,13 +715,14 @@ if (import.meta.main) {
   try {
     code = await main(Deno.args);
   } catch (e) {
-    // After an interrupt, the failure of the command that was killed is expected.
-    if (!interrupted) console.error(`bench: ${e instanceof Error ? e.stack : e}`);
+    if (!interrupted) console.error(`${name}: ${e instanceof Error ? e.stack : e}`);
   } finally {
-    await cleanUp();
+    await cleanUpAll();
   }
-  Deno.exit(code);
+  Deno.exit(interrupted ? 130 : code);
 }
+
+if (import.meta.main) await runBench("bench", main, cleanUp);
 
 export async function freeBytes(path: string): Promise<number> {
   const out = await new Deno.Command("df", { args: ["-B1", "--output=avail", path] }).output();

@@ -51,6 +51,7 @@ import {
   median,
   type MemoryResult,
   printRows,
+  runBench,
   sourceImage,
   start,
   sync,
@@ -970,23 +971,4 @@ async function main(args: string[]): Promise<number> {
   return 0;
 }
 
-if (import.meta.main) {
-  let interrupted = false;
-  const onSignal = (signal: Deno.Signal) => () => {
-    if (interrupted) return;
-    interrupted = true;
-    log(`${signal}: stopping`);
-    cleanUpAll().finally(() => Deno.exit(130));
-  };
-  Deno.addSignalListener("SIGINT", onSignal("SIGINT"));
-  Deno.addSignalListener("SIGTERM", onSignal("SIGTERM"));
-  let code = 1;
-  try {
-    code = await main(Deno.args);
-  } catch (e) {
-    if (!interrupted) console.error(`bench:rhv: ${e instanceof Error ? e.stack : e}`);
-  } finally {
-    await cleanUpAll();
-  }
-  Deno.exit(code);
-}
+if (import.meta.main) await runBench("bench:rhv", main, cleanUpAll);
