@@ -129,6 +129,10 @@ export interface CopyResult {
   zeroBytes: number;
   /** Bytes skipped (holes, onto a target that reads zeroes). */
   skippedBytes: number;
+  /** Seconds spent copying, up to the final flush. */
+  copySeconds: number;
+  /** Seconds the final flush of every connection took. */
+  flushSeconds: number;
 }
 
 const MiB = 1024 * 1024;
@@ -192,7 +196,15 @@ export async function copyDisk(
   }
 
   const chunk = Math.min(requestSize, first.maxBlockSize);
-  const result: CopyResult = { size, dataBytes: 0, zeroBytes: 0, skippedBytes: 0 };
+  const result: CopyResult = {
+    size,
+    dataBytes: 0,
+    zeroBytes: 0,
+    skippedBytes: 0,
+    copySeconds: 0,
+    flushSeconds: 0,
+  };
+  const started = performance.now();
   let done = 0;
   let lastReport = 0;
   const report = (force = false) => {
@@ -266,7 +278,10 @@ export async function copyDisk(
   if (rejected) throw rejected.reason;
   signal.throwIfAborted();
   // Flush is per connection: flush every connection we wrote on.
+  const flushing = performance.now();
+  result.copySeconds = (flushing - started) / 1000;
   await Promise.all(writers.map((w) => w.flush()));
+  result.flushSeconds = (performance.now() - flushing) / 1000;
   report(true);
   return result;
 }

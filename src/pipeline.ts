@@ -108,9 +108,9 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       }
       const r = results[i]!;
       reporter.debug(
-        `disk ${
-          i + 1
-        }: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ${r.skippedBytes} skipped`,
+        `disk ${i + 1}: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ` +
+          `${r.skippedBytes} skipped; copied in ${r.copySeconds.toFixed(2)} s, ` +
+          `flushed in ${r.flushSeconds.toFixed(2)} s`,
       );
     }
   };
