@@ -16,6 +16,8 @@ packages=(
   debootstrap        # test guest builder
   libxml2-utils      # xmllint: tests validate domain XML against libvirt's schema
   ovmf               # UEFI firmware for -o qemu boot scripts of UEFI guests
+  openssl            # the oVirt test servers make their test CA and certificates with it
+  time               # /usr/bin/time: peak memory in the benchmarks
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
