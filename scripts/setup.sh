@@ -18,6 +18,7 @@ packages=(
   ovmf               # UEFI firmware for -o qemu boot scripts of UEFI guests
   openssl            # the oVirt test servers make their test CA and certificates with it
   time               # /usr/bin/time: peak memory in the benchmarks
+  procps             # ps: the tests check that no process outlives a run
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
