@@ -35,6 +35,25 @@ export class InterruptedError extends Error {
   }
 }
 
+/**
+ * Says why a file could not be opened or read, in the words messages use everywhere:
+ * `no such file`, `permission denied`, `is a directory`, else the error's own message.
+ *
+ * @param e The error thrown by a `Deno` file call.
+ * @returns The reason, for `Cannot open disk "x": REASON`.
+ * @example
+ * ```ts
+ * import { fsReason } from "./errors.ts";
+ * if (fsReason(new Deno.errors.NotFound("x")) !== "no such file") throw new Error();
+ * ```
+ */
+export function fsReason(e: unknown): string {
+  if (e instanceof Deno.errors.NotFound) return "no such file";
+  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
+  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
+  return e instanceof Error ? e.message : String(e);
+}
+
 /** Exit codes of vmshift, documented in the README and `--help`. */
 export const EXIT = {
   /** The VM is fully in place on the target. */

@@ -9,7 +9,7 @@
  */
 
 import { basename, extname, resolve } from "node:path";
-import { UsageError } from "../errors.ts";
+import { fsReason, UsageError } from "../errors.ts";
 import { imageInfo } from "../qemu_img.ts";
 import { serveQemuNbd } from "../qemu_nbd.ts";
 import { DEFAULT_MEMORY, DEFAULT_VCPUS, type Vm } from "../vm.ts";
@@ -64,7 +64,7 @@ async function openDisk(
   try {
     stat = await Deno.stat(file);
   } catch (e) {
-    throw new Error(`Cannot open disk "${file}": ${reason(e)}`);
+    throw new Error(`Cannot open disk "${file}": ${fsReason(e)}`);
   }
   if (!stat.isFile && !stat.isBlockDevice) {
     throw new Error(`Cannot open disk "${file}": not a file or block device`);
@@ -72,7 +72,7 @@ async function openDisk(
   try {
     (await Deno.open(file, { read: true })).close();
   } catch (e) {
-    throw new Error(`Cannot open disk "${file}": ${reason(e)}`);
+    throw new Error(`Cannot open disk "${file}": ${fsReason(e)}`);
   }
   const info = await imageInfo(file, {
     signal: ctx.signal,
@@ -112,11 +112,4 @@ async function openDisk(
     uris: [server.uri],
     [Symbol.asyncDispose]: () => server.stop(),
   };
-}
-
-function reason(e: unknown): string {
-  if (e instanceof Deno.errors.NotFound) return "no such file";
-  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
-  return e instanceof Error ? e.message : String(e);
 }

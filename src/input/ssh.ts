@@ -31,7 +31,7 @@
 import { Buffer } from "node:buffer";
 import { posix } from "node:path";
 import { Client, utils } from "ssh2";
-import { UsageError } from "../errors.ts";
+import { fsReason, UsageError } from "../errors.ts";
 import {
   checkHostKey,
   fingerprint,
@@ -671,12 +671,7 @@ export async function readPasswordFile(file: string): Promise<string> {
     text = await Deno.readTextFile(file);
   } catch (e) {
     if (e instanceof UsageError) throw e;
-    const why = e instanceof Deno.errors.NotFound
-      ? "no such file"
-      : e instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : (e as Error).message;
-    throw new UsageError(`Cannot read the password file "${file}" (-ip): ${why}`);
+    throw new UsageError(`Cannot read the password file "${file}" (-ip): ${fsReason(e)}`);
   }
   const password = text.split("\n")[0]!;
   if (!password) throw new UsageError(`The password file "${file}" (-ip) is empty`);

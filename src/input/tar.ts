@@ -13,6 +13,8 @@
  * @module
  */
 
+import { fsReason } from "../errors.ts";
+
 const BLOCK = 512;
 /** Long names and pax records larger than this are refused rather than read into memory. */
 const MAX_META = 1024 * 1024;
@@ -75,7 +77,7 @@ export async function listTar(path: string, options: ListTarOptions = {}): Promi
   try {
     file = await Deno.open(path, { read: true });
   } catch (e) {
-    return fail(describeOpenError(e));
+    return fail(fsReason(e));
   }
   using _ = file;
   const fileSize = (await file.stat()).size;
@@ -228,13 +230,6 @@ export async function readAt(
  */
 export function roundUp(n: number): number {
   return Math.ceil(n / BLOCK) * BLOCK;
-}
-
-function describeOpenError(e: unknown): string {
-  if (e instanceof Deno.errors.NotFound) return "no such file";
-  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
-  return e instanceof Error ? e.message : String(e);
 }
 
 /** The header checksum: the sum of its bytes with the checksum field read as spaces. */

@@ -38,6 +38,7 @@
  */
 
 import { posix } from "node:path";
+import { fsReason } from "../errors.ts";
 
 /**
  * How files are read: locally, or over SFTP. Paths are POSIX paths as the implementation
@@ -88,12 +89,7 @@ export const localFiles: FileAccess = {
 };
 
 /** What makes an error reading a file, for messages: "no such file", "permission denied"... */
-export function fileError(e: unknown): string {
-  if (e instanceof Deno.errors.NotFound) return "no such file";
-  if (e instanceof Deno.errors.PermissionDenied) return "permission denied";
-  if (e instanceof Deno.errors.IsADirectory) return "is a directory";
-  return e instanceof Error ? e.message : String(e);
-}
+export const fileError: (e: unknown) => string = fsReason;
 
 /** One extent line of a descriptor. */
 export interface VmdkExtent {

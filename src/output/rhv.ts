@@ -37,7 +37,7 @@
  * @module
  */
 
-import { UsageError } from "../errors.ts";
+import { fsReason, UsageError } from "../errors.ts";
 import type { RunContext } from "../input/types.ts";
 import { formatBytes } from "../progress.ts";
 import type { Vm } from "../vm.ts";
@@ -731,12 +731,7 @@ function readSmallFile(path: string, flag: string, what: string): string {
     return Deno.readTextFileSync(path);
   } catch (e) {
     if (e instanceof UsageError) throw e;
-    const why = e instanceof Deno.errors.NotFound
-      ? "no such file"
-      : e instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : message(e);
-    throw new UsageError(`Cannot read ${what} "${path}" (${flag}): ${why}`);
+    throw new UsageError(`Cannot read ${what} "${path}" (${flag}): ${fsReason(e)}`);
   }
 }
 
