@@ -25,6 +25,7 @@ import type { Server } from "../process.ts";
 import { createImage } from "../qemu_img.ts";
 import { serveQemuNbd } from "../qemu_nbd.ts";
 import { diskName, type Vm } from "../vm.ts";
+import { parseDiskOptions } from "./_options.ts";
 import { fileTarget } from "./file_target.ts";
 import { nbdTarget } from "./nbd_target.ts";
 import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
@@ -58,18 +59,11 @@ export function parseDirOptions(cli: OutputCli): DirOptions {
   if (cli.options.length) {
     throw new UsageError(`-o ${cli.mode} takes no -oo options, got "${cli.options[0]![0]}"`);
   }
-  const format = cli.format ?? "raw";
-  if (format !== "raw" && format !== "qcow2") {
-    throw new UsageError(`Unsupported output format "-of ${format}": use raw or qcow2`);
-  }
-  const allocation = cli.allocation ?? "sparse";
-  if (allocation !== "sparse" && allocation !== "preallocated") {
-    throw new UsageError(`Unsupported allocation "-oa ${allocation}": use sparse or preallocated`);
-  }
+  const { format, preallocated } = parseDiskOptions(cli);
   return {
     dir: resolve(cli.storage),
     format,
-    preallocated: allocation === "preallocated",
+    preallocated,
     ...(cli.name !== undefined ? { name: cli.name } : {}),
   };
 }

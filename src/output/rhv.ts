@@ -44,6 +44,7 @@ import type { Vm } from "../vm.ts";
 import { type ImageioTarget, openImageio } from "./imageio.ts";
 import { type ClusterInfo, EngineError, OvirtApi, type StorageDomainInfo } from "./ovirt_api.ts";
 import { createOvf, type OvfDisk } from "./ovf.ts";
+import { parseDiskOptions } from "./_options.ts";
 import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
 
 const GiB = 1024 * 1024 * 1024;
@@ -136,14 +137,7 @@ export function parseRhvOptions(cli: OutputCli): RhvOptions {
   if (!cli.storage) {
     throw new UsageError(`${o} needs the storage domain: -os STORAGE_DOMAIN`);
   }
-  const format = cli.format ?? "raw";
-  if (format !== "raw" && format !== "qcow2") {
-    throw new UsageError(`Unsupported output format "-of ${format}": use raw or qcow2`);
-  }
-  const allocation = cli.allocation ?? "sparse";
-  if (allocation !== "sparse" && allocation !== "preallocated") {
-    throw new UsageError(`Unsupported allocation "-oa ${allocation}": use sparse or preallocated`);
-  }
+  const { format, preallocated } = parseDiskOptions(cli);
 
   let caFile: string | undefined;
   let cluster: string | undefined;
@@ -212,7 +206,7 @@ export function parseRhvOptions(cli: OutputCli): RhvOptions {
     password,
     storage: cli.storage,
     format,
-    preallocated: allocation === "preallocated",
+    preallocated,
     ...(caCerts ? { caCerts, caFile: caFile! } : {}),
     cluster: cluster ?? "Default",
     transport: transport ?? "auto",
