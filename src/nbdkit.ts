@@ -112,14 +112,19 @@ export class Nbdkit {
    * Starts nbdkit on a unix socket and waits until it answers.
    *
    * @param socket Unix socket path (inside the run's private temporary directory).
-   * @param options Name for messages and an abort signal.
+   * @param options Name for messages, extra environment (e.g. `SSH_AUTH_SOCK` for the ssh
+   * plugin; never a secret's value), an abort signal.
    * @returns The running server.
    */
-  serve(socket: string, options: { name?: string; signal?: AbortSignal } = {}): Promise<Server> {
+  serve(
+    socket: string,
+    options: { name?: string; env?: Record<string, string>; signal?: AbortSignal } = {},
+  ): Promise<Server> {
     return startServer("nbdkit", this.args(socket), {
       socket,
       ready: nbdReady,
       name: options.name ?? `nbdkit (${this.#plugin})`,
+      ...(options.env ? { env: options.env } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
   }

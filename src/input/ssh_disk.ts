@@ -26,8 +26,7 @@
 import { posix } from "node:path";
 import { Nbdkit } from "../nbdkit.ts";
 import { NbdClient } from "../nbd/client.ts";
-import { nbdReady } from "../nbd/probe.ts";
-import { type Server, startServer } from "../process.ts";
+import type { Server } from "../process.ts";
 import { parseSshUri } from "./ssh.ts";
 
 /** Options for {@linkcode serveSshDisk} and {@linkcode sshDiskCommand}. */
@@ -128,10 +127,7 @@ export function sshDiskArgs(uri: string, socket: string, options: SshDiskOptions
  * nbdkit's stderr.
  */
 export async function serveSshDisk(uri: string, options: ServeSshDiskOptions): Promise<Server> {
-  const cmd = sshDiskCommand(uri, options);
-  const server = await startServer("nbdkit", cmd.args(options.socket), {
-    socket: options.socket,
-    ready: nbdReady,
+  const server = await sshDiskCommand(uri, options).serve(options.socket, {
     name: options.name ?? `nbdkit (ssh "${uri}")`,
     ...(options.agent ? { env: { SSH_AUTH_SOCK: options.agent } } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
