@@ -54,6 +54,21 @@ export function fsReason(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/**
+ * The message of anything thrown.
+ *
+ * @param e What was thrown.
+ * @returns Its message.
+ * @example
+ * ```ts
+ * import { errorMessage } from "./errors.ts";
+ * if (errorMessage(new Error("x")) !== "x" || errorMessage("y") !== "y") throw new Error();
+ * ```
+ */
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 /** Exit codes of vmshift, documented in the README and `--help`. */
 export const EXIT = {
   /** The VM is fully in place on the target. */
