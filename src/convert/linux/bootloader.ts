@@ -1,0 +1,107 @@
+/**
+ * The bootloader: the kernel must find its root (and resume) device under its new name, and
+ * boot a kernel that has the virtio drivers.
+ *
+ * 1. Device names are rewritten in every file that holds a kernel command line or a disk name:
+ *    `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec entries, `/etc/kernel/cmdline`,
+ *    legacy GRUB's `menu.lst` / `grub.conf`.
+ * 2. GRUB 2's `grub.cfg` is regenerated with the guest's own tool (`grub-mkconfig`,
+ *    `grub2-mkconfig`), so that it lists the kernels the initramfs step rebuilt. The tool runs
+ *    in the conversion appliance, where the disks have the appliance's names, so the names in
+ *    the new file are rewritten too.
+ * 3. When the default kernel lacks virtio and another kernel has it, the other one becomes the
+ *    default (with `grubby` where the guest has it; otherwise the report says so).
+ *
+ * @module
+ */
+
+import { errorMessage } from "../../errors.ts";
+import { remapDevices } from "../_devices.ts";
+import { editText, firstFile, type Kernel, type LinuxGuest } from "./_guest.ts";
+
+const CMDLINE_FILES = [
+  "/etc/default/grub",
+  "/boot/grub/device.map",
+  "/boot/grub2/device.map",
+  "/etc/kernel/cmdline",
+  "/boot/grub/menu.lst",
+  "/boot/grub/grub.conf",
+  "/etc/grub.conf",
+];
+
+const GRUB2_CONFIGS = ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"];
+
+/**
+ * Points the bootloader at the new device names and a kernel with virtio.
+ *
+ * @param guest The mounted guest.
+ * @param kernels The installed kernels, newest first, from the initramfs step.
+ */
+export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promise<void> {
+  const { g, report } = guest;
+  const entries = g.isDir("/boot/loader/entries")
+    ? g.globExpand("/boot/loader/entries/*.conf")
+    : [];
+  for (const file of [...CMDLINE_FILES, ...entries]) await remapFile(guest, file);
+
+  const config = firstFile(g, GRUB2_CONFIGS);
+  if (config) {
+    const tool = firstFile(g, [
+      "/usr/sbin/grub-mkconfig",
+      "/usr/sbin/grub2-mkconfig",
+      "/sbin/grub2-mkconfig",
+    ]);
+    if (tool) {
+      try {
+        await g.command([tool.split("/").pop()!, "-o", config]);
+        report.changed(`Regenerated ${config} with ${tool.split("/").pop()}`);
+      } catch (e) {
+        report.problem(`Could not regenerate ${config}: ${errorMessage(e)}`);
+      }
+    } else {
+      report.problem(`${config} was not regenerated: the guest has no grub-mkconfig`);
+    }
+    await remapFile(guest, config);
+  } else if (!firstFile(g, ["/boot/grub/menu.lst", "/boot/grub/grub.conf"])) {
+    report.problem("No GRUB configuration found: check the bootloader by hand");
+  }
+  await chooseDefaultKernel(guest, kernels);
+}
+
+async function remapFile(guest: LinuxGuest, file: string): Promise<void> {
+  const changes: string[] = [];
+  const unknown: string[] = [];
+  await editText(guest.g, file, (text) => {
+    const r = remapDevices(text, guest.devices);
+    changes.push(...r.changes);
+    unknown.push(...r.unknown);
+    return r.text;
+  });
+  if (changes.length) guest.report.changed(`${file}: ${changes.join(", ")}`);
+  for (const u of new Set(unknown)) guest.report.problem(`${file}: no disk on the target for ${u}`);
+}
+
+async function chooseDefaultKernel(guest: LinuxGuest, kernels: Kernel[]): Promise<void> {
+  const { g, report } = guest;
+  const best = kernels.find((k) => k.missing.length === 0);
+  if (!best) return;
+  const grubby = firstFile(g, ["/usr/sbin/grubby", "/sbin/grubby"]);
+  if (grubby) {
+    try {
+      const current = (await g.command(["grubby", "--default-kernel"])).trim();
+      if (current === best.image) return;
+      await g.command(["grubby", "--set-default", best.image]);
+      report.changed(`Default kernel: ${best.image} (was ${current || "unset"})`);
+    } catch (e) {
+      report.problem(`Could not set the default kernel with grubby: ${errorMessage(e)}`);
+    }
+    return;
+  }
+  // GRUB 2's generated menu lists the newest kernel first; the default is the first entry
+  // unless /etc/default/grub says otherwise.
+  if (best !== kernels[0]) {
+    report.problem(
+      `The newest kernel (${kernels[0]!.version}) lacks virtio: choose ${best.version} at boot`,
+    );
+  }
+}

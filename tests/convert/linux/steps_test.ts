@@ -1,0 +1,41 @@
+import { assertEquals } from "../../_assert.ts";
+import { compareVersions, familyOf } from "../../../src/convert/linux/_guest.ts";
+import { replaceXDrivers } from "../../../src/convert/linux/leftovers.ts";
+import { dpkgInstalled } from "../../../src/convert/linux/vmware_tools.ts";
+
+Deno.test("familyOf knows the Debian and RHEL families and nothing else", () => {
+  for (const d of ["debian", "ubuntu"]) assertEquals(familyOf(d), "debian");
+  for (const d of ["rhel", "centos", "fedora", "rocky", "almalinux", "oraclelinux"]) {
+    assertEquals(familyOf(d), "rhel");
+  }
+  for (const d of ["archlinux", "sles", "gentoo", "unknown"]) assertEquals(familyOf(d), undefined);
+});
+
+Deno.test("compareVersions sorts kernel versions numerically", () => {
+  const v = ["6.1.0-9-amd64", "6.1.0-18-amd64", "5.10.0-28-amd64", "6.1.0-18-rt-amd64"];
+  assertEquals(v.sort(compareVersions), [
+    "5.10.0-28-amd64",
+    "6.1.0-9-amd64",
+    "6.1.0-18-amd64",
+    "6.1.0-18-rt-amd64",
+  ]);
+});
+
+Deno.test("dpkgInstalled lists installed packages only", () => {
+  const status = [
+    "Package: open-vm-tools\nStatus: install ok installed\nVersion: 2:12.2.0",
+    "Package: removed-one\nStatus: deinstall ok config-files",
+    "Package: half\nStatus: install reinstreq half-installed",
+    "Package: libc6\nVersion: 2.36\nStatus: install ok installed",
+  ].join("\n\n");
+  assertEquals(dpkgInstalled(status), ["open-vm-tools", "libc6"]);
+});
+
+Deno.test("replaceXDrivers swaps the VMware display and mouse drivers", () => {
+  const conf = 'Section "Device"\n  Identifier "Card0"\n  Driver "vmware"\nEndSection\n' +
+    'Section "InputDevice"\n  Driver "vmmouse"\nEndSection\n  Driver "vmwarefoo"\n';
+  const out = replaceXDrivers(conf);
+  assertEquals(out.includes('Driver "modesetting"'), true);
+  assertEquals(out.includes('Driver "evdev"'), true);
+  assertEquals(out.includes('Driver "vmwarefoo"'), true);
+});
