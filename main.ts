@@ -28,6 +28,8 @@ export const CAPABILITIES: readonly string[] = [
   "virt-v2v",
   ...INPUT_MODES.map((m) => `input:${m}`),
   ...OUTPUT_MODES.map((m) => `output:${m}`),
+  "convert:linux",
+  "bandwidth-option",
 ];
 
 /**

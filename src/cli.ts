@@ -9,6 +9,7 @@
 
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.ts";
+import type { RootChoice } from "./convert/mod.ts";
 import type { InputCli } from "./input/types.ts";
 import type { OutputCli } from "./output/types.ts";
 
@@ -34,6 +35,12 @@ export interface Cli {
   parallel: number;
   /** `-V` / `--version`. */
   version: boolean;
+  /** Convert the guest (false with `--no-convert`). */
+  convert: boolean;
+  /** `--root`: which operating system to convert. */
+  root: RootChoice;
+  /** Trim filesystems after conversion (false with `--no-fstrim`). */
+  fstrim: boolean;
 }
 
 /** Options with two letters after one dash, as virt-v2v spells them. */
@@ -70,6 +77,9 @@ const OPTIONS = {
   bandwidth: { type: "string" },
   "bandwidth-file": { type: "string" },
   parallel: { type: "string" },
+  root: { type: "string" },
+  "no-fstrim": { type: "boolean" },
+  "no-convert": { type: "boolean" },
   "machine-readable": { type: "boolean" },
   "print-source": { type: "boolean" },
   verbose: { type: "boolean", short: "v" },
@@ -125,6 +135,9 @@ export function parseCli(argv: readonly string[]): Cli {
     help: v.help ?? false,
     version: v.version ?? false,
     parallel: v.parallel === undefined ? 1 : parsePositive("--parallel", v.parallel),
+    convert: !(v["no-convert"] ?? false),
+    root: parseRoot(v.root ?? "ask"),
+    fstrim: !(v["no-fstrim"] ?? false),
   };
 
   const inputOnly = ["ic", "if", "io", "ip", "it"] as const;
@@ -177,6 +190,19 @@ export function parseCli(argv: readonly string[]): Cli {
     cli.output = output;
   }
   return cli;
+}
+
+/**
+ * Checks `--root`: `ask`, `single`, `first` or a device such as `/dev/sda2`.
+ *
+ * @param s The value.
+ * @returns The choice.
+ * @throws {UsageError} For anything else.
+ */
+export function parseRoot(s: string): RootChoice {
+  if (s === "ask" || s === "single" || s === "first") return s;
+  if (/^\/dev\/\S+$/.test(s)) return s as `/dev/${string}`;
+  throw new UsageError(`Bad --root "${s}": expected ask, single, first or a device like /dev/sda2`);
 }
 
 function parsePositive(flag: string, s: string): number {
@@ -260,8 +286,10 @@ export const HELP = `vmshift: move a virtual machine from VMware to KVM
 Usage:
   vmshift -i INPUT [input options] SOURCE... -o OUTPUT [output options]
 
-vmshift reads a VM from the source without ever writing to it, copies only the data that
-matters (no zeroes, no unallocated space) and writes it to the target. Options are spelled as
+vmshift reads a VM from the source without ever writing to it, converts the guest so that
+it boots on KVM with virtio (Linux: VMware Tools removed, virtio in the initramfs, bootloader,
+fstab and network fixed), copies only the data that matters (no zeroes, no unallocated or
+deleted space) and writes it to the target. Options are spelled as
 virt-v2v spells them.
 
 Examples:
@@ -311,6 +339,13 @@ Output:
   -os STORAGE         Output storage: a directory, a storage domain
   -oo KEY[=VALUE]     Output option (may repeat)
   --parallel N        Copy up to N disks at once (default 1)
+
+Conversion (the guest is changed in an overlay, never in the source):
+  --root ask|single|first|DEVICE
+                      Which operating system to convert when the disks hold several
+                      (default ask: asks on a terminal, fails otherwise)
+  --no-fstrim         Do not trim the filesystems (copies deleted data too)
+  --no-convert        Copy the disks unchanged (data disks, guests converted already)
 
 Messages:
   -q, --quiet         Print nothing but errors

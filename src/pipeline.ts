@@ -9,6 +9,7 @@
  */
 
 import type { Cli } from "./cli.ts";
+import { convert } from "./convert/mod.ts";
 import { copyDisk, type CopyResult } from "./copy.ts";
 import { UsageError } from "./errors.ts";
 import { selectInput } from "./input/mod.ts";
@@ -68,6 +69,18 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
     const path = dir.join(`overlay-${diskName(i)}.qcow2`);
     await createOverlay(path, uri, vm.disks[i]!.virtualSize, { signal });
     overlays.push(path);
+  }
+
+  if (cli.convert) {
+    const report = await convert(vm, overlays, ctx, {
+      root: cli.root,
+      fstrim: cli.fstrim,
+      message: (m) => reporter.message(m),
+      verbose: cli.verbose,
+      trace: cli.trace,
+      ask: (question) => Deno.stdin.isTerminal() ? prompt(question) : null,
+    });
+    reporter.conversion(report);
   }
 
   reporter.message(`Setting up the destination: ${output.description}`);

@@ -132,6 +132,16 @@ export class Reporter {
   }
 
   /**
+   * What conversion did: its report as lines, or one `conversion` object when
+   * machine-readable.
+   * @param report The conversion report.
+   */
+  conversion(report: { lines(): string[]; toJSON(): Record<string, unknown> }): void {
+    if (this.#voice === "machine") this.#json({ type: "conversion", ...report.toJSON() });
+    else for (const line of report.lines()) this.info(line);
+  }
+
+  /**
    * A final structured result (machine-readable only).
    * @param fields What to report.
    */

@@ -1,0 +1,233 @@
+/**
+ * Conversion: makes the guest in the overlays boot on KVM with virtio. Every write lands in the
+ * qcow2 overlays (the source behind them is never written).
+ *
+ * 1. libguestfs opens the overlays (qcow2, discard passed through so that fstrim reaches
+ *    them) and inspects them for operating systems; `--root` chooses among several.
+ * 2. The guest's filesystems are mounted as the guest mounts them, and the conversion for its
+ *    type runs (Linux: see `linux/mod.ts`; Windows is not supported yet).
+ * 3. Every filesystem is trimmed (unless `--no-fstrim`): deleted data becomes zero clusters in
+ *    the overlay, so the copy skips it.
+ * 4. The appliance is shut down cleanly, so that every write is in the overlays before they
+ *    are copied.
+ *
+ * Errors that make the guest unbootable stop the run; the rest go to the
+ * {@linkcode ConversionReport}.
+ *
+ * @module
+ */
+
+import { errorMessage } from "../errors.ts";
+import type { RunContext } from "../input/types.ts";
+import type { Vm } from "../vm.ts";
+import { deviceMap } from "./_devices.ts";
+import { Guestfs } from "./guestfs.ts";
+import { convertLinux, familyOf } from "./linux/mod.ts";
+import { ConversionReport } from "./report.ts";
+
+export { ConversionReport } from "./report.ts";
+
+/** How `--root` chooses among several operating systems. */
+export type RootChoice = "ask" | "single" | "first" | `/dev/${string}`;
+
+/** Options of {@linkcode convert}. */
+export interface ConvertOptions {
+  /**
+   * `--root`: which operating system to convert when the disks hold several.
+   * @default "ask"
+   */
+  root?: RootChoice;
+  /**
+   * Trim every filesystem after conversion (`--no-fstrim` turns it off).
+   * @default true
+   */
+  fstrim?: boolean;
+  /** Stage messages ("Inspecting the overlay"). */
+  message?: (text: string) => void;
+  /** libguestfs debug output (`-v`). */
+  verbose?: boolean;
+  /** libguestfs call trace (`-x`). */
+  trace?: boolean;
+  /** Asks the user to choose a root (for `--root ask` on a terminal); returns the answer. */
+  ask?: (question: string) => string | null;
+}
+
+/**
+ * Converts the guest in the overlays.
+ *
+ * @param vm The VM (its disks give the device names, its NICs the MACs).
+ * @param overlays The qcow2 overlays, one per disk, in order.
+ * @param ctx The run context (private directory, signal, messages).
+ * @param options `--root`, `--no-fstrim`, verbosity.
+ * @returns What was changed and what could not be.
+ * @throws {Error} When there is no operating system, several and no way to choose, an
+ *   encrypted root, an unsupported guest, or a guest that cannot be made to boot on KVM.
+ */
+export async function convert(
+  vm: Vm,
+  overlays: readonly string[],
+  ctx: RunContext,
+  options: ConvertOptions = {},
+): Promise<ConversionReport> {
+  const say = options.message ?? (() => {});
+  const report = new ConversionReport(ctx.debug);
+  const { signal } = ctx;
+  await using g = Guestfs.create({
+    verbose: options.verbose ?? false,
+    trace: options.trace ?? false,
+    tmpdir: ctx.dir.path,
+    onLog: ctx.debug,
+  });
+  for (const overlay of overlays) {
+    g.addDrive(overlay, { format: "qcow2", discard: "besteffort", cachemode: "unsafe" });
+  }
+  say("Opening the overlay");
+  const kill = () => g.kill();
+  signal.addEventListener("abort", kill, { once: true });
+  try {
+    await g.launch(signal);
+    say("Inspecting the overlay");
+    const root = await chooseRoot(g, options);
+    const type = g.inspectGetType(root);
+    const distro = g.inspectGetDistro(root);
+    const major = g.inspectGetMajorVersion(root);
+    report.guest = {
+      root,
+      type,
+      distro,
+      version: `${major}.${g.inspectGetMinorVersion(root)}`,
+      product: productName(g.inspectGetProductName(root), distro),
+      arch: g.inspectGetArch(root),
+    };
+    if (type === "windows") {
+      throw new Error(
+        `The guest is ${report.guest.product}: converting Windows guests is not supported yet`,
+      );
+    }
+    const family = type === "linux" ? familyOf(distro) : undefined;
+    if (type !== "linux" || !family) {
+      throw new Error(
+        `Unsupported guest: ${report.guest.product} (${type}, distribution "${distro}"); ` +
+          "vmshift converts Linux guests of the Debian/Ubuntu and RHEL/Fedora families",
+      );
+    }
+    await mountGuest(g, root, report);
+    say(`Converting ${report.guest.product} to run on KVM`);
+    await convertLinux({
+      g,
+      root,
+      distro,
+      family,
+      major,
+      vm,
+      devices: deviceMap(vm),
+      report,
+      signal,
+      debug: ctx.debug,
+    });
+    await g.umountAll();
+    if (options.fstrim ?? true) {
+      say("Mapping filesystem data to avoid copying unused and blank areas");
+      await trimAll(g, report);
+    }
+    signal.throwIfAborted();
+    await g.shutdown();
+  } catch (e) {
+    signal.throwIfAborted();
+    throw e;
+  } finally {
+    signal.removeEventListener("abort", kill);
+  }
+  return report;
+}
+
+/** libguestfs's product name, with the distribution when it is only a version ("12.5"). */
+function productName(product: string, distro: string): string {
+  if (/[a-z]/i.test(product) && product !== "unknown") return product;
+  const name = distro.charAt(0).toUpperCase() + distro.slice(1);
+  return product === "unknown" ? name : `${name} ${product}`;
+}
+
+async function chooseRoot(g: Guestfs, options: ConvertOptions): Promise<string> {
+  const roots = await g.inspectOs();
+  if (!roots.length) {
+    const filesystems = await g.listFilesystems();
+    const luks = filesystems.filter(([, type]) => type === "crypto_LUKS").map(([dev]) => dev);
+    if (luks.length) {
+      throw new Error(
+        `No operating system found: the root filesystem is probably encrypted (LUKS on ${
+          luks.join(", ")
+        }); vmshift cannot open encrypted guests, decrypt the disk first`,
+      );
+    }
+    throw new Error(
+      "No operating system found on the disks: if they hold only data, migrate them with " +
+        "--no-convert",
+    );
+  }
+  const choice = options.root ?? "ask";
+  const describe = (r: string) =>
+    `${r} (${productName(g.inspectGetProductName(r), g.inspectGetDistro(r))})`;
+  if (choice.startsWith("/dev/")) {
+    if (!roots.includes(choice)) {
+      throw new Error(
+        `--root ${choice}: no operating system there; the disks hold: ${
+          roots.map(describe).join(", ")
+        }`,
+      );
+    }
+    return choice;
+  }
+  if (roots.length === 1 || choice === "first") return roots[0]!;
+  const list = roots.map(describe).join(", ");
+  if (choice === "ask" && options.ask) {
+    const answer = options.ask(
+      `The disks hold several operating systems:\n${
+        roots.map((r, i) => `  ${i + 1}. ${describe(r)}`).join("\n")
+      }\nWhich one should be converted? (1-${roots.length}) `,
+    );
+    const n = Number(answer?.trim());
+    if (Number.isInteger(n) && n >= 1 && n <= roots.length) return roots[n - 1]!;
+    throw new Error(
+      `No operating system chosen (answer "${answer ?? ""}"): the disks hold ${list}`,
+    );
+  }
+  throw new Error(
+    `The disks hold several operating systems (${list}): choose one with --root first or --root DEVICE`,
+  );
+}
+
+async function mountGuest(g: Guestfs, root: string, report: ConversionReport): Promise<void> {
+  const mounts = g.inspectGetMountpoints(root).sort((a, b) => a[0].length - b[0].length);
+  for (const [mountpoint, device] of mounts) {
+    try {
+      await g.mount(device, mountpoint);
+    } catch (e) {
+      if (mountpoint === "/") throw e;
+      report.problem(`Could not mount ${device} on ${mountpoint}: ${errorMessage(e)}`);
+    }
+  }
+}
+
+/** Filesystem types that cannot be trimmed (or mounted). */
+const UNTRIMMABLE = new Set(["swap", "unknown", "crypto_LUKS", "LVM2_member", "linux_raid_member"]);
+
+async function trimAll(g: Guestfs, report: ConversionReport): Promise<void> {
+  for (const [device, type] of await g.listFilesystems()) {
+    if (UNTRIMMABLE.has(type)) continue;
+    try {
+      await g.mount(device, "/");
+    } catch (e) {
+      report.trimmed.push(`${device} (${type}): not mounted, not trimmed (${errorMessage(e)})`);
+      continue;
+    }
+    try {
+      await g.fstrim("/");
+      report.trimmed.push(`${device} (${type})`);
+    } catch (e) {
+      report.trimmed.push(`${device} (${type}): not trimmed (${errorMessage(e)})`);
+    } finally {
+      await g.umountAll();
+    }
+  }
+}
