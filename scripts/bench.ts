@@ -88,7 +88,20 @@ const TOOLS: readonly Tool[] = [
 ];
 
 function vmshift(src: string, output: string[]): string[] {
-  return [Deno.execPath(), "run", "-A", MAIN, "-i", "disk", src, ...output, "-on", "bench", "-q"];
+  return [
+    Deno.execPath(),
+    "run",
+    "-A",
+    MAIN,
+    "-i",
+    "disk",
+    src,
+    ...output,
+    "-on",
+    "bench",
+    "-q",
+    "--no-convert",
+  ];
 }
 
 // --- process groups -------------------------------------------------------------------------

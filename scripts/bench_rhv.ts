@@ -244,6 +244,7 @@ async function measure(steps: string[][]): Promise<Measured> {
 
 function rhvArgs(ovirt: Ovirt): string[] {
   return [
+    "--no-convert",
     "-o",
     "rhv",
     "-oc",

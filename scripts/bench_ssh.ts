@@ -88,6 +88,7 @@ try {
         `ssh-identity=${sshd.clientKey}`,
         "-o",
         "null",
+        "--no-convert",
       ],
       stdin: "null",
     }).output();

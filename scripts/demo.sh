@@ -61,7 +61,7 @@ if [ "$target" = rhv ]; then
   ca="$(field caFile)"
   password_file="$(field passwordFile)"
   args=(-i disk "$source_disk" -o rhv -oc "$engine" -op "$password_file" -os data
-    -oo "rhv-cafile=$ca" -oo rhv-cluster=Default -on demo-vm)
+    -oo "rhv-cafile=$ca" -oo rhv-cluster=Default -on demo-vm --no-convert)
   echo
   echo "demo: migrating: deno run -A main.ts ${args[*]}"
   echo
@@ -87,9 +87,9 @@ rm -rf "$output"
 mkdir -p "$output"
 
 echo
-echo "demo: migrating: deno run -A main.ts -i disk $source_disk -o local -os $output -of qcow2 -on demo-vm"
+echo "demo: migrating: deno run -A main.ts -i disk $source_disk -o local -os $output -of qcow2 -on demo-vm --no-convert"
 echo
-deno run -A main.ts -i disk "$source_disk" -o local -os "$output" -of qcow2 -on demo-vm
+deno run -A main.ts -i disk "$source_disk" -o local -os "$output" -of qcow2 -on demo-vm --no-convert
 
 echo
 echo "demo: what came out:"

@@ -20,6 +20,22 @@ export interface RunResult {
   stderr: string;
 }
 
+/** Options of {@linkcode Sandbox.run}. */
+export interface RunOptions {
+  /**
+   * Convert the guest. Most tests migrate disks of random data, which hold no operating
+   * system, so the harness adds `--no-convert` to a migration unless this is true.
+   * @default false
+   */
+  convert?: boolean;
+}
+
+function withConvert(args: string[], options: RunOptions): string[] {
+  return options.convert || !args.includes("-i") || args.includes("--no-convert")
+    ? args
+    : [...args, "--no-convert"];
+}
+
 /** A private TMPDIR for one test, checked for leftovers when disposed. */
 export class Sandbox implements AsyncDisposable {
   /** The TMPDIR given to vmshift. */
@@ -40,14 +56,28 @@ export class Sandbox implements AsyncDisposable {
   }
 
   /**
+   * The environment vmshift runs in: the private TMPDIR, and libguestfs on TCG (KVM hangs on
+   * the test machines; vmshift itself never forces TCG).
+   */
+  get env(): Record<string, string> {
+    return {
+      TMPDIR: this.tmp,
+      NO_COLOR: "1",
+      LIBGUESTFS_BACKEND: "direct",
+      LIBGUESTFS_BACKEND_SETTINGS: "force_tcg",
+    };
+  }
+
+  /**
    * Starts vmshift.
    * @param args Its arguments.
+   * @param options Whether to convert the guest.
    * @returns The child, with piped stdout and stderr.
    */
-  spawn(args: string[]): Deno.ChildProcess {
+  spawn(args: string[], options: RunOptions = {}): Deno.ChildProcess {
     return new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, ...args],
-      env: { TMPDIR: this.tmp, NO_COLOR: "1" },
+      args: ["run", "-A", MAIN, ...withConvert(args, options)],
+      env: this.env,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -57,12 +87,13 @@ export class Sandbox implements AsyncDisposable {
   /**
    * Runs vmshift to completion.
    * @param args Its arguments.
+   * @param options Whether to convert the guest.
    * @returns Exit code and output.
    */
-  async run(args: string[]): Promise<RunResult> {
+  async run(args: string[], options: RunOptions = {}): Promise<RunResult> {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, ...args],
-      env: { TMPDIR: this.tmp, NO_COLOR: "1" },
+      args: ["run", "-A", MAIN, ...withConvert(args, options)],
+      env: this.env,
       stdin: "null",
     }).output();
     const dec = new TextDecoder();

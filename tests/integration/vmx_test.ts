@@ -263,6 +263,7 @@ async function runWithoutDacOverride(sb: Sandbox, args: string[]): Promise<RunRe
     "-A",
     MAIN,
     ...args,
+    "--no-convert",
   ];
   const out = await new Deno.Command(argv[0]!, {
     args: argv.slice(1),
