@@ -377,6 +377,12 @@ export async function openVsphere(
     }
   } else {
     await checkVddk(options);
+    if (options.vddk.cookie !== undefined) {
+      ctx.warning(
+        "-io vddk-cookie is passed to nbdkit on its command line, which other local users can " +
+          "read (nbdkit's vddk plugin has no file form for it); prefer the password of -ip",
+      );
+    }
     const thumbprint = options.vddk.thumbprint ?? http.thumbprint;
     if (!thumbprint) {
       throw new Error(
