@@ -27,6 +27,8 @@ export const CAPABILITIES: readonly string[] = [
   "vmshift",
   "virt-v2v",
   ...INPUT_MODES.map((m) => `input:${m}`),
+  // -i vsphere -it vddk: nbdkit's vddk plugin (when it and VMware's VDDK are installed).
+  "vddk",
   ...OUTPUT_MODES.map((m) => `output:${m}`),
   "convert:linux",
   "bandwidth-option",

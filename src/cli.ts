@@ -309,6 +309,11 @@ Input:
   -i vmx FILE.vmx     A VMware VM from its .vmx and .vmdk files (any VMDK subformat)
   -i vmx -it ssh ssh://USER@HOST[:PORT]/PATH/guest.vmx
                       The same, read over SSH (flat VMDKs; -ip FILE for a password)
+  -i vsphere -ic vpx://USER@VCENTER/DC/CLUSTER/HOST -ip FILE VM
+                      A VM on vCenter (esx://USER@ESXI: on one host), by name or moref,
+                      through the vSphere API; also -i libvirt -ic vpx://... VM.
+                      -it https (default) or vddk; -io vsphere-cafile=CA.pem,
+                      -io vsphere-snapshot=NAME, -io vddk-*=...; ?no_verify=1 skips TLS checks
   -ic URI             Input connection URI (remote inputs)
   -if FORMAT          Input format, instead of detecting it (raw, qcow2, vmdk)
   -io KEY=VALUE       Input option (may repeat)

@@ -23,6 +23,11 @@ export interface XmlElement {
   readonly qname: string;
   /** Attributes by local name; when two attributes share a local name, the first wins. */
   readonly attrs: ReadonlyMap<string, string>;
+  /**
+   * Attributes by their names as written, with their prefixes (`xsi:type`, `type`): for
+   * documents where a prefixed and an unprefixed attribute share a local name (SOAP).
+   */
+  readonly qattrs: ReadonlyMap<string, string>;
   /** Child elements, in document order. */
   readonly children: readonly XmlElement[];
   /** The text directly inside this element (not inside its children), entities decoded. */
@@ -35,6 +40,7 @@ interface MutableElement {
   name: string;
   qname: string;
   attrs: Map<string, string>;
+  qattrs: Map<string, string>;
   children: MutableElement[];
   text: string;
   line: number;
@@ -184,6 +190,7 @@ class Parser {
     this.#i++; // "<"
     const qname = this.#name("element name");
     const attrs = new Map<string, string>();
+    const qattrs = new Map<string, string>();
     const seen = new Set<string>();
     const s = this.#s;
     while (true) {
@@ -210,10 +217,13 @@ class Parser {
       if (seen.has(an)) this.#fail(`attribute "${an}" appears twice`);
       seen.add(an);
       const local = localName(an);
-      if (an !== "xmlns" && !an.startsWith("xmlns:") && !attrs.has(local)) attrs.set(local, value);
+      if (an !== "xmlns" && !an.startsWith("xmlns:")) {
+        if (!attrs.has(local)) attrs.set(local, value);
+        qattrs.set(an, value);
+      }
       this.#i = end + 1;
     }
-    return { name: localName(qname), qname, attrs, children: [], text: "", line };
+    return { name: localName(qname), qname, attrs, qattrs, children: [], text: "", line };
   }
 
   #endTag(open: MutableElement): void {

@@ -8,10 +8,11 @@ import { UsageError } from "../errors.ts";
 import { diskInput } from "./disk.ts";
 import { ovaInput } from "./ova.ts";
 import { vmxInput } from "./vmx.ts";
+import { libvirtInput, vsphereInput } from "./vsphere/vsphere.ts";
 import type { Input } from "./types.ts";
 
 /** Input modes vmshift has, for `--help` and `--machine-readable`. */
-export const INPUT_MODES = ["disk", "ova", "vmx"] as const;
+export const INPUT_MODES = ["disk", "libvirt", "ova", "vmx", "vsphere"] as const;
 
 /**
  * Finds the input module for `-i MODE`.
@@ -28,6 +29,10 @@ export function selectInput(mode: string): Input {
       return ovaInput;
     case "vmx":
       return vmxInput;
+    case "vsphere":
+      return vsphereInput;
+    case "libvirt":
+      return libvirtInput;
     default:
       throw new UsageError(
         `Unknown input mode "-i ${mode}": vmshift reads ${INPUT_MODES.join(", ")}`,

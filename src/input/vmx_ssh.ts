@@ -137,10 +137,12 @@ function denoError(e: unknown): unknown {
 /**
  * Why a disk cannot be served over SSH as one flat file, or undefined when it can.
  *
- * @param disk The checked disk.
+ * @param disk The checked disk (its descriptor's path and what was read of it).
  * @returns The reason, to follow `Cannot read "guest.vmdk" over SSH: `.
  */
-export function notRemotelyReadable(disk: VmxSourceDisk): string | undefined {
+export function notRemotelyReadable(
+  disk: Pick<VmxSourceDisk, "path" | "vmdk">,
+): string | undefined {
   const v = disk.vmdk;
   const name = posix.basename(disk.path);
   const copyLocally = "copy the VM's directory to this host and use -i vmx FILE.vmx";
