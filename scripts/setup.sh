@@ -19,6 +19,7 @@ packages=(
   openssl            # the oVirt test servers make their test CA and certificates with it
   time               # /usr/bin/time: peak memory in the benchmarks
   procps             # ps: the tests check that no process outlives a run
+  rpm                # the phony Fedora test guest carries a real (empty-package) RPM database
   golang-go          # builds tests/vcsim, the vCenter simulator the -i vsphere tests use
   golang-github-vmware-govmomi-dev # govmomi's simulator library (vcsim's engine) for it
 )
