@@ -78,7 +78,8 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       message: (m) => reporter.message(m),
       verbose: cli.verbose,
       trace: cli.trace,
-      ask: (question) => Deno.stdin.isTerminal() ? prompt(question) : null,
+      // --root ask asks only where someone can answer.
+      ...(Deno.stdin.isTerminal() ? { ask: (question: string) => prompt(question) } : {}),
     });
     reporter.conversion(report);
   }

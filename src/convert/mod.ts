@@ -151,8 +151,14 @@ function productName(product: string, distro: string): string {
 async function chooseRoot(g: Guestfs, options: ConvertOptions): Promise<string> {
   const roots = await g.inspectOs();
   if (!roots.length) {
-    const filesystems = await g.listFilesystems();
-    const luks = filesystems.filter(([, type]) => type === "crypto_LUKS").map(([dev]) => dev);
+    // list_filesystems leaves LUKS containers out: look at every partition and device.
+    const luks = [...g.listPartitions(), ...g.listDevices()].filter((dev) => {
+      try {
+        return g.vfsType(dev) === "crypto_LUKS";
+      } catch {
+        return false;
+      }
+    });
     if (luks.length) {
       throw new Error(
         `No operating system found: the root filesystem is probably encrypted (LUKS on ${
@@ -180,8 +186,9 @@ async function chooseRoot(g: Guestfs, options: ConvertOptions): Promise<string> 
   }
   if (roots.length === 1 || choice === "first") return roots[0]!;
   const list = roots.map(describe).join(", ");
-  if (choice === "ask" && options.ask) {
-    const answer = options.ask(
+  const ask = choice === "ask" ? options.ask : undefined;
+  if (ask) {
+    const answer = ask(
       `The disks hold several operating systems:\n${
         roots.map((r, i) => `  ${i + 1}. ${describe(r)}`).join("\n")
       }\nWhich one should be converted? (1-${roots.length}) `,

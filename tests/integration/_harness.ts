@@ -57,7 +57,7 @@ export class Sandbox implements AsyncDisposable {
 
   /**
    * The environment vmshift runs in: the private TMPDIR, and libguestfs on TCG (KVM hangs on
-   * the test machines; vmshift itself never forces TCG).
+   * the test machines; vmshift itself never forces TCG) with its usual appliance cache.
    */
   get env(): Record<string, string> {
     return {
@@ -65,6 +65,9 @@ export class Sandbox implements AsyncDisposable {
       NO_COLOR: "1",
       LIBGUESTFS_BACKEND: "direct",
       LIBGUESTFS_BACKEND_SETTINGS: "force_tcg",
+      // libguestfs keeps its appliance cache in $TMPDIR by default: keep it where it lives
+      // when TMPDIR is unset, shared between runs, rather than rebuild it in every sandbox.
+      LIBGUESTFS_CACHEDIR: "/var/tmp",
     };
   }
 
