@@ -349,8 +349,15 @@ export async function makeVmwareFixture(
   return result;
 }
 
-/** A descriptor as ESXi 8 writes it for a thin disk. */
-function esxiDescriptor(flat: string, size: number, i: number): string {
+/**
+ * A descriptor as ESXi 8 writes it for a thin disk.
+ *
+ * @param flat The flat extent's file name.
+ * @param size The disk's size in bytes.
+ * @param i The disk's position (varies the CID).
+ * @returns The descriptor text.
+ */
+export function esxiDescriptor(flat: string, size: number, i: number): string {
   const sectors = size / 512;
   const cid = (0x7a2f1c30 + i).toString(16);
   return `# Disk DescriptorFile
