@@ -111,6 +111,9 @@ export async function convert(
           "vmshift converts Linux guests of the Debian/Ubuntu and RHEL/Fedora families",
       );
     }
+    // Listed now, before conversion: after it, list_filesystems takes a minute and more under
+    // TCG (measured: 5 s before, 71 s after), and the conversion creates no filesystem.
+    const filesystems = options.fstrim ?? true ? await g.listFilesystems() : [];
     await mountGuest(g, root, report);
     say(`Converting ${report.guest.product} to run on KVM`);
     await convertLinux({
@@ -128,10 +131,12 @@ export async function convert(
     await g.umountAll();
     if (options.fstrim ?? true) {
       say("Mapping filesystem data to avoid copying unused and blank areas");
-      await trimAll(g, report);
+      await trimAll(g, filesystems, report, ctx.debug);
     }
     signal.throwIfAborted();
+    const t = performance.now();
     await g.shutdown();
+    ctx.debug(`appliance shut down in ${seconds(t)} s`);
   } catch (e) {
     signal.throwIfAborted();
     throw e;
@@ -219,8 +224,17 @@ async function mountGuest(g: Guestfs, root: string, report: ConversionReport): P
 /** Filesystem types that cannot be trimmed (or mounted). */
 const UNTRIMMABLE = new Set(["swap", "unknown", "crypto_LUKS", "LVM2_member", "linux_raid_member"]);
 
-async function trimAll(g: Guestfs, report: ConversionReport): Promise<void> {
-  for (const [device, type] of await g.listFilesystems()) {
+function seconds(since: number): string {
+  return ((performance.now() - since) / 1000).toFixed(1);
+}
+
+async function trimAll(
+  g: Guestfs,
+  filesystems: Array<[device: string, type: string]>,
+  report: ConversionReport,
+  debug: (m: string) => void,
+): Promise<void> {
+  for (const [device, type] of filesystems) {
     if (UNTRIMMABLE.has(type)) continue;
     try {
       await g.mount(device, "/");
@@ -229,7 +243,9 @@ async function trimAll(g: Guestfs, report: ConversionReport): Promise<void> {
       continue;
     }
     try {
+      const t = performance.now();
       await g.fstrim("/");
+      debug(`${device} trimmed in ${seconds(t)} s`);
       report.trimmed.push(`${device} (${type})`);
     } catch (e) {
       report.trimmed.push(`${device} (${type}): not trimmed (${errorMessage(e)})`);

@@ -142,7 +142,8 @@ Deno.test({
         const fstab = await g.cat("/etc/fstab");
         assert(/^\/dev\/vda1\s+\/\s/m.test(fstab) && !fstab.includes("/dev/sda"), fstab);
         const grub = await g.cat("/boot/grub/grub.cfg");
-        assert(grub.includes("root=/dev/vda1") && !grub.includes("root=/dev/sda"), "grub.cfg");
+        assert(grub.includes("root=/dev/vda1") && !grub.includes("/dev/sd"), grub);
+        assert(grub.includes("set root='hd0,msdos1'"), grub);
         const modules = await g.cat("/etc/initramfs-tools/modules");
         assert(modules.includes("virtio_blk"), modules);
       },

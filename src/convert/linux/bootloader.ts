@@ -2,13 +2,12 @@
  * The bootloader: the kernel must find its root (and resume) device under its new name, and
  * boot a kernel that has the virtio drivers.
  *
- * 1. Device names are rewritten in every file that holds a kernel command line or a disk name:
- *    `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec entries, `/etc/kernel/cmdline`,
- *    legacy GRUB's `menu.lst` / `grub.conf`.
- * 2. GRUB 2's `grub.cfg` is regenerated with the guest's own tool (`grub-mkconfig`,
+ * 1. GRUB 2's `grub.cfg` is regenerated with the guest's own tool (`grub-mkconfig`,
  *    `grub2-mkconfig`), so that it lists the kernels the initramfs step rebuilt. The tool runs
- *    in the conversion appliance, where the disks have the appliance's names, so the names in
- *    the new file are rewritten too.
+ *    in the conversion appliance, where the disks have the source's names.
+ * 2. Device names are then rewritten in every file that holds a kernel command line or a disk
+ *    name: the new `grub.cfg`, `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec
+ *    entries, `/etc/kernel/cmdline`, legacy GRUB's `menu.lst` / `grub.conf`.
  * 3. When the default kernel lacks virtio and another kernel has it, the other one becomes the
  *    default (with `grubby` where the guest has it; otherwise the report says so).
  *
@@ -39,11 +38,9 @@ const GRUB2_CONFIGS = ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"];
  */
 export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promise<void> {
   const { g, report } = guest;
-  const entries = g.isDir("/boot/loader/entries")
-    ? g.globExpand("/boot/loader/entries/*.conf")
-    : [];
-  for (const file of [...CMDLINE_FILES, ...entries]) await remapFile(guest, file);
-
+  // grub.cfg is regenerated first, while device.map still describes the disks as the
+  // appliance sees them (with device.map naming /dev/vda, which the appliance lacks, GRUB
+  // numbers the disks differently and grub-mkconfig writes the wrong root device).
   const config = firstFile(g, GRUB2_CONFIGS);
   if (config) {
     const tool = firstFile(g, [
@@ -61,9 +58,14 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
     } else {
       report.problem(`${config} was not regenerated: the guest has no grub-mkconfig`);
     }
-    await remapFile(guest, config);
   } else if (!firstFile(g, ["/boot/grub/menu.lst", "/boot/grub/grub.conf"])) {
     report.problem("No GRUB configuration found: check the bootloader by hand");
+  }
+  const entries = g.isDir("/boot/loader/entries")
+    ? g.globExpand("/boot/loader/entries/*.conf")
+    : [];
+  for (const file of [...CMDLINE_FILES, ...entries, ...(config ? [config] : [])]) {
+    await remapFile(guest, file);
   }
   await chooseDefaultKernel(guest, kernels);
 }

@@ -16,6 +16,7 @@
 
 import { errorMessage } from "../../errors.ts";
 import { remapDevices } from "../_devices.ts";
+import { AUG_FLAGS } from "../guestfs.ts";
 import { editText, type LinuxGuest } from "./_guest.ts";
 
 /** Files remapped as text: [path, which lines]. */
@@ -33,7 +34,11 @@ const TEXT_FILES: ReadonlyArray<[string, RegExp]> = [
 export async function remapDeviceReferences(guest: LinuxGuest): Promise<void> {
   const { g, report } = guest;
   try {
-    await g.augInit("/", 0);
+    // Only the two files: loading every lens on every file of /etc takes seconds under TCG.
+    await g.augInit("/", AUG_FLAGS.noLoad);
+    g.augTransform("Fstab", "/etc/fstab");
+    g.augTransform("Crypttab", "/etc/crypttab");
+    await g.augLoad();
     try {
       let changed = false;
       for (
