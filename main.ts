@@ -8,6 +8,7 @@
  */
 
 import { HELP, parseCli } from "./src/cli.ts";
+import { isSubcommand, PLAN_HELP, runSubcommand } from "./src/plan/cli.ts";
 import { EXIT, InterruptedError, UsageError } from "./src/errors.ts";
 import { INPUT_MODES } from "./src/input/mod.ts";
 import { OUTPUT_MODES } from "./src/output/mod.ts";
@@ -41,6 +42,8 @@ export const CAPABILITIES: readonly string[] = [
  * @returns The exit code.
  */
 export async function main(argv: readonly string[]): Promise<number> {
+  // `vmshift plan|schedule|status PLAN`; a command line with -i is always one migration.
+  if (isSubcommand(argv)) return await runSubcommand(argv);
   let cli;
   try {
     cli = parseCli(argv);
@@ -52,7 +55,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw e;
   }
   if (cli.help) {
-    console.log(HELP);
+    console.log(HELP + "\n" + PLAN_HELP);
     return EXIT.ok;
   }
   if (cli.version) {

@@ -1,4 +1,4 @@
-import Ajv2020 from "npm:ajv@^8.20.0/dist/2020.js";
+import Ajv2020 from "ajv/dist/2020.js";
 import { assert, assertEquals, assertThrows } from "../_assert.ts";
 import { childArgs, parsePlan, PlanError, type PlanIssue } from "../../src/plan/plan.ts";
 import { openWindowStart, parseCron } from "../../src/plan/cron.ts";
