@@ -90,10 +90,10 @@ export interface SchedulerOptions {
    */
   sizeOf?: (vm: PlanVm) => number | undefined;
   /**
-   * Whether a process is a still-running child of the run with this id.
-   * @default reads /proc/PID/environ
+   * Stops the child a dead scheduler left running, if it still runs (SIGTERM, then SIGKILL).
+   * @default finds it by its run id in /proc/PID/environ
    */
-  isOurChild?: (pid: number, runId: string) => boolean;
+  stopOrphan?: (pid: number, runId: string) => Promise<boolean>;
   /** Clock, ms since the epoch. */
   now?: () => number;
 }
@@ -157,7 +157,7 @@ export class Scheduler {
     this.#store = store;
     this.#o = {
       sizeOf: localInputSize,
-      isOurChild: procIsOurChild,
+      stopOrphan,
       now: () => Date.now(),
       ...options,
     };
@@ -234,9 +234,8 @@ export class Scheduler {
   async #recover(): Promise<void> {
     for (const r of this.#rows()) {
       if (r.state !== "running" || !r.runId) continue;
-      if (r.pid !== null && this.#o.isOurChild(r.pid, r.runId)) {
-        this.#o.log(`${r.name}: stopping the run a previous scheduler left (pid ${r.pid})`);
-        await stopPid(r.pid, () => this.#o.isOurChild(r.pid!, r.runId!));
+      if (r.pid !== null && await this.#o.stopOrphan(r.pid, r.runId)) {
+        this.#o.log(`${r.name}: stopped the run a previous scheduler left (pid ${r.pid})`);
       }
       this.#store.stop(r.name, r.runId, {
         reason: "the scheduler stopped while this ran; cleaned up, to be retried",
@@ -639,7 +638,9 @@ function procIsOurChild(pid: number, runId: string): boolean {
   }
 }
 
-async function stopPid(pid: number, alive: () => boolean): Promise<void> {
+async function stopOrphan(pid: number, runId: string): Promise<boolean> {
+  const alive = () => procIsOurChild(pid, runId);
+  if (!alive()) return false;
   try {
     Deno.kill(pid, "SIGTERM");
   } catch { /* gone */ }
@@ -649,4 +650,5 @@ async function stopPid(pid: number, alive: () => boolean): Promise<void> {
       Deno.kill(pid, "SIGKILL");
     } catch { /* gone */ }
   }
+  return true;
 }
