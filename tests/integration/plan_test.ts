@@ -1,0 +1,194 @@
+import { assert, assertEquals } from "../_assert.ts";
+import { assertSameContent, MAIN, processesMentioning, readUntil, Sandbox } from "./_harness.ts";
+import { makeTestImage } from "../../scripts/make_test_image.ts";
+
+const FAKE = new URL("../plan/_fake_vmshift.ts", import.meta.url).pathname;
+
+Deno.test("plan validate: an invalid plan exits 1 and names each VM and field", async () => {
+  await using sb = await Sandbox.create();
+  const plan = `${sb.work}/plan.yaml`;
+  await Deno.writeTextFile(
+    plan,
+    `vms:
+  - { name: db, input: { mode: disk, args: [a] }, output: { mode: local } }
+  - { name: app, input: { mode: disk, args: [b] }, output: { mode: "null" }, after: [dbx] }
+`,
+  );
+  const r = await sb.run(["plan", "validate", plan]);
+  assertEquals(r.code, 1, r.stderr);
+  assert(
+    r.stderr.includes(`vm "db": output: -o local needs the output directory: -os DIR`),
+    r.stderr,
+  );
+  assert(r.stderr.includes(`vm "app": after: no VM named "dbx" in the plan`), r.stderr);
+  const u = await sb.run(["plan", "check", plan]);
+  assertEquals(u.code, 2);
+  assert(u.stderr.includes("needs validate or show"), u.stderr);
+  // A migration's command line is untouched: "status" after -i is a disk file.
+  const m = await sb.run(["-i", "disk", "status", "-o", "null"]);
+  assertEquals(m.code, 1);
+  assert(m.stderr.includes('status": no such file'), m.stderr);
+  await sb.assertNothingLeft();
+});
+
+Deno.test("schedule migrates every VM of a plan with real vmshift runs; status shows them done", async () => {
+  await using sb = await Sandbox.create();
+  const out = `${sb.work}/out`;
+  await Deno.mkdir(out);
+  const vms = ["db", "app", "web"];
+  for (const [i, n] of vms.entries()) {
+    await makeTestImage(`${sb.work}/${n}.img`, {
+      format: "raw",
+      virtualSize: 16 << 20,
+      dataBytes: 1 << 20,
+      seed: i + 1,
+    });
+  }
+  const plan = `${sb.work}/plan.json`;
+  await Deno.writeTextFile(
+    plan,
+    JSON.stringify({
+      defaults: {
+        input: { mode: "disk" },
+        output: { mode: "local", storage: out },
+        convert: false,
+      },
+      limits: { total: 2 },
+      vms: vms.map((n) => ({
+        name: n,
+        input: { args: [`${sb.work}/${n}.img`] },
+        ...(n === "app" ? { after: "db" } : {}),
+      })),
+    }),
+  );
+  const r = await sb.run(["schedule", plan]);
+  assertEquals(r.code, 0, r.stdout + r.stderr);
+  assert(r.stdout.includes("3 done, 0 failed, 0 pending"), r.stdout);
+  for (const n of vms) await assertSameContent(`${sb.work}/${n}.img`, `${out}/${n}-sda`);
+  const s = await sb.run(["status", plan, "--machine-readable"]);
+  assertEquals(s.code, 0, s.stderr);
+  const st = JSON.parse(s.stdout);
+  assertEquals(
+    st.vms.map((
+      v: { name: string; state: string; attempts: number },
+    ) => [v.name, v.state, v.attempts]),
+    [
+      ["db", "done", 1],
+      ["app", "done", 1],
+      ["web", "done", 1],
+    ],
+  );
+  assertEquals(st.vms[0].virtual_size, 16 << 20);
+  // Scheduling a finished plan again migrates nothing twice.
+  const again = await sb.run(["schedule", plan]);
+  assertEquals(again.code, 0);
+  assert(!again.stdout.includes("started"), again.stdout);
+  const table = await sb.run(["status", plan]);
+  assert(/^db\s+done\s+1\s+16\.0 MiB/m.test(table.stdout), table.stdout);
+  await sb.assertNothingLeft();
+});
+
+Deno.test("a failing VM fails with vmshift's reason and a non-zero exit; the others go on", async () => {
+  await using sb = await Sandbox.create();
+  await makeTestImage(`${sb.work}/ok.img`, {
+    format: "raw",
+    virtualSize: 16 << 20,
+    dataBytes: 1 << 20,
+  });
+  const plan = `${sb.work}/plan.yaml`;
+  await Deno.writeTextFile(
+    plan,
+    `defaults: { output: { mode: "null" }, convert: false }
+retry: { attempts: 2, backoff: 0.1 }
+vms:
+  - { name: gone, input: { mode: disk, args: [${sb.work}/missing.img] } }
+  - { name: ok, input: { mode: disk, args: [${sb.work}/ok.img] } }
+`,
+  );
+  const r = await sb.run(["schedule", plan]);
+  assertEquals(r.code, 1, r.stdout + r.stderr);
+  assert(r.stdout.includes("1 done, 1 failed, 0 pending"), r.stdout);
+  const st = JSON.parse((await sb.run(["status", plan, "--machine-readable"])).stdout);
+  const gone = st.vms.find((v: { name: string }) => v.name === "gone");
+  assertEquals([gone.state, gone.attempts], ["failed", 2]);
+  assert(gone.reason.includes("missing.img"), gone.reason);
+  await sb.assertNothingLeft();
+});
+
+Deno.test("a scheduler killed mid-migration: the next one stops the orphan, retries it, never does a VM twice", async () => {
+  await using sb = await Sandbox.create();
+  const log = `${sb.work}/runs.log`;
+  const plan = `${sb.work}/plan.yaml`;
+  await Deno.writeTextFile(
+    plan,
+    `defaults: { input: { mode: disk, args: [x.img] }, output: { mode: "null" }, convert: false }
+limits: { total: 2 }
+vms: [{ name: a }, { name: b }, { name: c }]
+`,
+  );
+  const env = (ms: number) => ({
+    ...sb.env,
+    VMSHIFT_CHILD: `${Deno.execPath()} run -A ${FAKE}`,
+    FAKE_LOG: log,
+    FAKE_MS: String(ms),
+  });
+  const first = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "schedule", plan],
+    env: env(60_000),
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const seen = await readUntil(first, (l) => l.includes("b: started"));
+  // A second scheduler on the same state refuses while the first lives.
+  const second = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "schedule", plan],
+    env: env(100),
+    stdin: "null",
+  }).output();
+  assertEquals(second.code, 1);
+  assert(new TextDecoder().decode(second.stderr).includes("Another scheduler"));
+  // Wait until both children run, then kill the scheduler without letting it clean up.
+  for (
+    let i = 0;
+    i < 100 && (await readLog(log)).filter((l) => l.startsWith("start")).length < 2;
+    i++
+  ) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  first.kill("SIGKILL");
+  await first.status;
+  await seen.rest;
+  const orphans = await processesMentioning(FAKE);
+  assertEquals(orphans.length, 2, "the children outlive a killed scheduler");
+
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "schedule", plan],
+    env: env(100),
+    stdin: "null",
+  }).output();
+  const stdout = new TextDecoder().decode(r.stdout);
+  assertEquals(r.code, 0, stdout);
+  assert(stdout.includes("stopped the run a previous scheduler left"), stdout);
+  const lines = await readLog(log);
+  for (const n of ["a", "b"]) assert(lines.includes(`stopped ${n}`), lines.join("\n"));
+  for (const n of ["a", "b", "c"]) {
+    assertEquals(lines.filter((l) => l === `done ${n}`).length, 1, `${n}: ${lines.join(", ")}`);
+  }
+  const st = JSON.parse((await sb.run(["status", plan, "--machine-readable"])).stdout);
+  assertEquals(st.vms.map((v: { attempts: number; state: string }) => [v.state, v.attempts]), [
+    ["done", 2],
+    ["done", 2],
+    ["done", 1],
+  ]);
+  assertEquals(await processesMentioning(FAKE), []);
+  await sb.assertNothingLeft();
+});
+
+async function readLog(path: string): Promise<string[]> {
+  try {
+    return (await Deno.readTextFile(path)).trim().split("\n");
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,28 @@
+/**
+ * A stand-in for a vmshift migration, for scheduler tests that need a run to last (started by
+ * the scheduler through `VMSHIFT_CHILD`): it prints machine-readable events like vmshift,
+ * takes `FAKE_MS` milliseconds, and appends what happened to the file `FAKE_LOG`:
+ * `start NAME`, `done NAME`, or `stopped NAME` when SIGTERM stops it (exit 143, as vmshift).
+ *
+ * @module
+ */
+
+const name = Deno.args[Deno.args.indexOf("-on") + 1]!;
+const log = Deno.env.get("FAKE_LOG")!;
+const ms = Number(Deno.env.get("FAKE_MS") ?? "100");
+const note = (what: string) => Deno.writeTextFileSync(log, `${what} ${name}\n`, { append: true });
+const event = (ev: Record<string, unknown>) => console.log(JSON.stringify(ev));
+
+note("start");
+Deno.addSignalListener("SIGTERM", () => {
+  note("stopped");
+  Deno.exit(143);
+});
+const total = 1 << 20;
+const steps = 10;
+for (let i = 1; i <= steps; i++) {
+  await new Promise((r) => setTimeout(r, ms / steps));
+  event({ type: "progress", disk: 1, disks: 1, bytes: (total * i) / steps, total, rate: 1000 });
+}
+event({ type: "result", vm: name, disks: [{ size: total, data_bytes: total / 2 }], seconds: 0 });
+note("done");
