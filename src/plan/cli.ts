@@ -303,6 +303,7 @@ async function schedule(
         pending: s.pending,
         runs: s.runs,
         busy_ms: Math.round(s.busyMs * 10) / 10,
+        spawn_ms: Math.round(s.spawnMs * 10) / 10,
         wall_ms: s.wallMs,
       }));
     } else log(summary);

@@ -21,7 +21,7 @@ import { errorMessage } from "../errors.ts";
 import { formatBytes, formatDuration } from "../progress.ts";
 import { childArgs, type Plan, type PlanVm, storageDomain } from "./plan.ts";
 import { nextOpening, openWindowStart } from "./cron.ts";
-import type { SqliteStore, VmRow } from "./state.ts";
+import type { Brief, SqliteStore } from "./state.ts";
 
 /** A child run, as the scheduler sees it. */
 export interface ChildRun {
@@ -112,8 +112,13 @@ export interface Summary {
   failed: number;
   pending: number;
   runs: RunRecord[];
-  /** Milliseconds the scheduler spent deciding and recording (its overhead). */
+  /**
+   * Milliseconds the scheduler spent deciding, recording and spawning (its overhead, all of
+   * it: {@linkcode Summary.spawnMs} is part of it).
+   */
   busyMs: number;
+  /** Of that, milliseconds spent in spawning children (`fork`/`exec`). */
+  spawnMs: number;
   /** Wall time of the run. */
   wallMs: number;
 }
@@ -146,6 +151,7 @@ export class Scheduler {
   readonly #runs: RunRecord[] = [];
   #wake: () => void = () => {};
   #busyMs = 0;
+  #spawnMs = 0;
 
   /**
    * @param plan The plan.
@@ -216,13 +222,14 @@ export class Scheduler {
       pending: rows.filter((r) => r.state === "pending").length,
       runs: this.#runs,
       busyMs: this.#busyMs,
+      spawnMs: this.#spawnMs,
       wallMs: this.#o.now() - t0,
     };
   }
 
   /** The plan's rows, in plan order. */
-  #rows(): VmRow[] {
-    const byName = new Map(this.#store.list().map((r) => [r.name, r]));
+  #rows(): Brief[] {
+    const byName = new Map(this.#store.brief().map((r) => [r.name, r]));
     return this.#plan.vms.map((v) => byName.get(v.name)!);
   }
 
@@ -232,8 +239,9 @@ export class Scheduler {
 
   /** A scheduler that died left runs marked running: stop their children, retry them. */
   async #recover(): Promise<void> {
-    for (const r of this.#rows()) {
-      if (r.state !== "running" || !r.runId) continue;
+    const plan = new Set(this.#plan.vms.map((v) => v.name));
+    for (const r of this.#store.list()) {
+      if (!plan.has(r.name) || r.state !== "running" || !r.runId) continue;
       if (r.pid !== null && await this.#o.stopOrphan(r.pid, r.runId)) {
         this.#o.log(`${r.name}: stopped the run a previous scheduler left (pid ${r.pid})`);
       }
@@ -278,7 +286,7 @@ export class Scheduler {
     const count = (key: (v: PlanVm) => string | undefined, vm: PlanVm) =>
       [...this.#active.values()].filter((a) => key(a.vm) !== undefined && key(a.vm) === key(vm))
         .length;
-    const rate = this.#rate(win);
+    const rate = this.#rate(win, rows);
     const candidates = this.#plan.vms
       .map((vm, i) => ({ vm, i, row: state.get(vm.name)! }))
       .filter((c) => c.row.state === "pending" && !this.#active.has(c.vm.name))
@@ -307,7 +315,7 @@ export class Scheduler {
           continue;
         }
       }
-      this.#start(vm, win, now);
+      this.#start(vm, win, now, row.attempts + 1);
     }
     return next;
   }
@@ -319,8 +327,8 @@ export class Scheduler {
   }
 
   /** Bytes/s to expect: measured on the plan's finished runs, else assumed; capped by the window. */
-  #rate(win: OpenWindow): number | undefined {
-    const done = this.#store.list().filter((r) => r.state === "done" && (r.seconds ?? 0) > 0);
+  #rate(win: OpenWindow, rows: Brief[]): number | undefined {
+    const done = rows.filter((r) => r.state === "done" && (r.seconds ?? 0) > 0);
     const bytes = done.reduce((n, r) => n + r.virtualSize, 0);
     const secs = done.reduce((n, r) => n + r.seconds!, 0);
     // Runs share the host: the rate of one run is what it got while others ran too.
@@ -329,7 +337,7 @@ export class Scheduler {
     return rate;
   }
 
-  #start(vm: PlanVm, win: OpenWindow, now: number): void {
+  #start(vm: PlanVm, win: OpenWindow, now: number, attempt: number): void {
     const runId = crypto.randomUUID();
     if (!this.#store.claim(vm.name, runId, this.#o.owner, now)) return;
     const args = childArgs(vm);
@@ -348,6 +356,7 @@ export class Scheduler {
       lastDisk: 1,
       rate: 0,
     };
+    const s0 = performance.now();
     try {
       a.child = this.#o.launcher.start(
         args,
@@ -368,9 +377,10 @@ export class Scheduler {
       });
       return;
     }
+    this.#spawnMs += performance.now() - s0;
     this.#store.setPid(vm.name, runId, a.child.pid);
     this.#active.set(vm.name, a);
-    this.#o.log(`${vm.name}: started (attempt ${this.#store.get(vm.name)!.attempts})`);
+    this.#o.log(`${vm.name}: started (attempt ${attempt})`);
     a.child.done.then((code) => this.#ended(a, code), (e) => this.#ended(a, -1, errorMessage(e)));
   }
 

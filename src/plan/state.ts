@@ -15,7 +15,7 @@
  * @module
  */
 
-import { DatabaseSync } from "node:sqlite";
+import { DatabaseSync, type StatementSync } from "node:sqlite";
 
 /** Where a VM is. */
 export type VmState = "pending" | "running" | "done" | "failed";
@@ -59,6 +59,12 @@ export interface VmRow {
   /** Warnings of the last run, and its conversion report, as JSON text. */
   details: string | null;
 }
+
+/** The part of a row the scheduler decides on. */
+export type Brief = Pick<
+  VmRow,
+  "name" | "state" | "attempts" | "notBefore" | "reason" | "virtualSize" | "seconds"
+>;
 
 /** Fields a run reports while it goes. */
 export interface Progress {
@@ -111,8 +117,12 @@ export class SqliteStore implements Disposable {
   constructor(path: string) {
     this.path = path;
     this.#db = new DatabaseSync(path);
-    // WAL: `vmshift status` reads while the scheduler writes.
-    this.#db.exec("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000");
+    // WAL: `vmshift status` reads while the scheduler writes. synchronous=NORMAL: a commit
+    // survives a crash of vmshift (what recovery is about) without an fsync per progress
+    // update; a power cut may lose the last updates, which recovery treats like a crash.
+    this.#db.exec(
+      "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000",
+    );
     this.#db.exec(`CREATE TABLE IF NOT EXISTS vms (${COLUMNS})`);
     this.#db.exec(
       "CREATE TABLE IF NOT EXISTS samples (t INTEGER NOT NULL, bytes_per_second REAL NOT NULL)",
@@ -128,7 +138,7 @@ export class SqliteStore implements Disposable {
    * @param names The plan's VMs.
    */
   sync(names: readonly string[]): void {
-    const ins = this.#db.prepare("INSERT OR IGNORE INTO vms (name) VALUES (?)");
+    const ins = this.#stmt("INSERT OR IGNORE INTO vms (name) VALUES (?)");
     this.#tx(() => {
       for (const n of names) ins.run(n);
     });
@@ -139,7 +149,26 @@ export class SqliteStore implements Disposable {
    * @returns The rows.
    */
   list(): VmRow[] {
-    return this.#db.prepare("SELECT * FROM vms ORDER BY name").all().map(toRow);
+    return this.#stmt("SELECT * FROM vms ORDER BY name").all().map(toRow);
+  }
+
+  /**
+   * What the scheduler decides on, for every VM: fewer columns than {@linkcode list}, because
+   * it asks after every run.
+   * @returns Name, state, attempts, backoff, reason, size and seconds of every VM.
+   */
+  brief(): Brief[] {
+    return this.#stmt(
+      "SELECT name, state, attempts, not_before, reason, virtual_size, seconds FROM vms",
+    ).all().map((r) => ({
+      name: r.name as string,
+      state: r.state as VmState,
+      attempts: r.attempts as number,
+      notBefore: r.not_before as number,
+      reason: r.reason as string | null,
+      virtualSize: r.virtual_size as number,
+      seconds: r.seconds as number | null,
+    }));
   }
 
   /**
@@ -148,7 +177,7 @@ export class SqliteStore implements Disposable {
    * @returns Its row, or undefined.
    */
   get(name: string): VmRow | undefined {
-    const r = this.#db.prepare("SELECT * FROM vms WHERE name = ?").get(name);
+    const r = this.#stmt("SELECT * FROM vms WHERE name = ?").get(name);
     return r ? toRow(r) : undefined;
   }
 
@@ -162,7 +191,7 @@ export class SqliteStore implements Disposable {
    * @returns False when the VM was not pending (or its backoff has not passed).
    */
   claim(name: string, runId: string, owner: string, now: number): boolean {
-    const r = this.#db.prepare(
+    const r = this.#stmt(
       `UPDATE vms SET state = 'running', run_id = ?, owner = ?, pid = NULL,
          attempts = attempts + 1, started_at = ?, finished_at = NULL, bytes = 0, percent = 0,
          rate = 0, eta = NULL, reason = NULL
@@ -178,7 +207,7 @@ export class SqliteStore implements Disposable {
    * @param pid The child.
    */
   setPid(name: string, runId: string, pid: number): void {
-    this.#db.prepare("UPDATE vms SET pid = ? WHERE name = ? AND run_id = ? AND state = 'running'")
+    this.#stmt("UPDATE vms SET pid = ? WHERE name = ? AND run_id = ? AND state = 'running'")
       .run(pid, name, runId);
   }
 
@@ -189,7 +218,7 @@ export class SqliteStore implements Disposable {
    * @param p Bytes, percent, rate, ETA.
    */
   progress(name: string, runId: string, p: Progress): void {
-    this.#db.prepare(
+    this.#stmt(
       `UPDATE vms SET bytes = ?, percent = ?, rate = ?, eta = ?
        WHERE name = ? AND run_id = ? AND state = 'running'`,
     ).run(p.bytes, p.percent, p.rate, p.eta ?? null, name, runId);
@@ -205,7 +234,7 @@ export class SqliteStore implements Disposable {
    * @returns False when this run no longer holds the VM (it was given up): not done again.
    */
   finish(name: string, runId: string, f: Finish, now: number): boolean {
-    const r = this.#db.prepare(
+    const r = this.#stmt(
       `UPDATE vms SET state = 'done', bytes = ?, data_bytes = ?, virtual_size = ?, seconds = ?,
          details = ?, finished_at = ?, percent = 100, rate = 0, eta = NULL, pid = NULL,
          reason = NULL
@@ -243,7 +272,7 @@ export class SqliteStore implements Disposable {
       details?: Record<string, unknown>;
     },
   ): boolean {
-    const r = this.#db.prepare(
+    const r = this.#stmt(
       `UPDATE vms SET state = ?, reason = ?, failures = failures + ?, not_before = ?,
          finished_at = ?, pid = NULL, run_id = NULL, rate = 0, eta = NULL,
          details = COALESCE(?, details)
@@ -269,7 +298,7 @@ export class SqliteStore implements Disposable {
    * @returns False when it was not pending.
    */
   failPending(name: string, reason: string, now: number): boolean {
-    return this.#db.prepare(
+    return this.#stmt(
       "UPDATE vms SET state = 'failed', reason = ?, finished_at = ? WHERE name = ? AND state = 'pending'",
     ).run(reason, now, name).changes === 1;
   }
@@ -280,7 +309,7 @@ export class SqliteStore implements Disposable {
    * @param reason Why.
    */
   note(name: string, reason: string | null): void {
-    this.#db.prepare("UPDATE vms SET reason = ? WHERE name = ? AND state = 'pending'")
+    this.#stmt("UPDATE vms SET reason = ? WHERE name = ? AND state = 'pending'")
       .run(reason, name);
   }
 
@@ -290,7 +319,7 @@ export class SqliteStore implements Disposable {
    * @param bytesPerSecond All runs together.
    */
   sample(t: number, bytesPerSecond: number): void {
-    this.#db.prepare("INSERT INTO samples (t, bytes_per_second) VALUES (?, ?)")
+    this.#stmt("INSERT INTO samples (t, bytes_per_second) VALUES (?, ?)")
       .run(t, bytesPerSecond);
   }
 
@@ -304,11 +333,11 @@ export class SqliteStore implements Disposable {
    */
   lock(pid: number, host: string, alive: (pid: number) => boolean): number | undefined {
     return this.#tx(() => {
-      const r = this.#db.prepare("SELECT pid, host FROM scheduler WHERE id = 1").get() as
+      const r = this.#stmt("SELECT pid, host FROM scheduler WHERE id = 1").get() as
         | { pid: number; host: string }
         | undefined;
       if (r && r.host === host && r.pid !== pid && alive(r.pid)) return r.pid;
-      this.#db.prepare(
+      this.#stmt(
         "INSERT OR REPLACE INTO scheduler (id, pid, host, started_at) VALUES (1, ?, ?, ?)",
       ).run(pid, host, Date.now());
       return undefined;
@@ -320,7 +349,19 @@ export class SqliteStore implements Disposable {
    * @param pid This process.
    */
   unlock(pid: number): void {
-    this.#db.prepare("DELETE FROM scheduler WHERE id = 1 AND pid = ?").run(pid);
+    this.#stmt("DELETE FROM scheduler WHERE id = 1 AND pid = ?").run(pid);
+  }
+
+  /** Prepared statements, compiled once: the scheduler runs the same few very often. */
+  readonly #cache = new Map<string, StatementSync>();
+
+  #stmt(sql: string): StatementSync {
+    let st = this.#cache.get(sql);
+    if (!st) {
+      st = this.#db.prepare(sql);
+      this.#cache.set(sql, st);
+    }
+    return st;
   }
 
   #tx<T>(f: () => T): T {
