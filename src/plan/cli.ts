@@ -13,10 +13,11 @@ import { formatBytes, formatDuration } from "../progress.ts";
 import { nextOpening } from "./cron.ts";
 import { childArgs, formatIssue, loadPlan, type Plan, PlanError, storageDomain } from "./plan.ts";
 import { childLauncher, planWindows, Scheduler } from "./scheduler.ts";
+import { renderReport } from "./report.ts";
 import { SqliteStore, type VmRow } from "./state.ts";
 
 /** The subcommands. */
-export const SUBCOMMANDS = ["plan", "schedule", "status"] as const;
+export const SUBCOMMANDS = ["plan", "schedule", "status", "report"] as const;
 
 /**
  * Whether a command line is a subcommand rather than a migration.
@@ -35,6 +36,8 @@ export const PLAN_HELP = `Many VMs from a plan file (JSON or YAML; schema/plan.s
   vmshift schedule PLAN       Migrate the plan's VMs in its windows and limits, as child
                               vmshift runs; ends when every VM is done or failed
   vmshift status PLAN         Every VM's state, attempts, bytes, duration, reason
+  vmshift report PLAN [--output FILE]
+                              An HTML report of the plan (default: PLAN's name with .html)
 Options: --state FILE (default: PLAN's name with .state.db), --machine-readable, -v
 `;
 
@@ -50,6 +53,7 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
       args: [...argv],
       options: {
         state: { type: "string" },
+        output: { type: "string" },
         "machine-readable": { type: "boolean" },
         verbose: { type: "boolean", short: "v" },
         help: { type: "boolean", short: "h" },
@@ -103,7 +107,7 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
   if (statePath.startsWith("postgres://") || statePath.startsWith("postgresql://")) {
     return usage("--state postgres://... (several conversion hosts) is not implemented yet");
   }
-  if (cmd === "status") {
+  if (cmd === "status" || cmd === "report") {
     try {
       await Deno.stat(statePath);
     } catch {
@@ -112,7 +116,14 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
     }
     using store = new SqliteStore(statePath);
     store.sync(plan.vms.map((vm) => vm.name));
-    status(plan, store.list(), mr);
+    if (cmd === "status") status(plan, store.list(), mr);
+    else {
+      const out = v.output ?? file.replace(/\.(json|ya?ml)$/i, "") + ".html";
+      await Deno.writeTextFile(out, renderReport(plan, store.list(), new Date()));
+      console.log(
+        mr ? JSON.stringify({ type: "result", report: out }) : `Report written to "${out}"`,
+      );
+    }
     return EXIT.ok;
   }
   return await schedule(plan, statePath, mr, v.verbose ?? false);

@@ -112,6 +112,11 @@ vms:
   const gone = st.vms.find((v: { name: string }) => v.name === "gone");
   assertEquals([gone.state, gone.attempts], ["failed", 2]);
   assert(gone.reason.includes("missing.img"), gone.reason);
+  const rep = await sb.run(["report", plan, "--output", `${sb.work}/report.html`]);
+  assertEquals(rep.code, 0, rep.stderr);
+  const html = await Deno.readTextFile(`${sb.work}/report.html`);
+  assert(html.includes("1 done, 1 failed, 0 pending"), html);
+  assert(html.includes("16.0 MiB") && html.includes("missing.img"), html);
   await sb.assertNothingLeft();
 });
 
