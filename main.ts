@@ -88,6 +88,9 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
   const handlers = { SIGINT: onSignal("SIGINT"), SIGTERM: onSignal("SIGTERM") };
   for (const [sig, h] of Object.entries(handlers)) Deno.addSignalListener(sig as Deno.Signal, h);
+  // A run started by `vmshift schedule` stops (and cleans up) when its scheduler dies, so that
+  // the VM the scheduler's successor retries is not migrated twice.
+  const parentWatch = Deno.env.get("VMSHIFT_RUN_ID") ? watchParent(handlers.SIGTERM) : undefined;
   try {
     await migrate(cli, reporter, controller.signal);
     return EXIT.ok;
@@ -105,11 +108,39 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (cli.verbose && e instanceof Error && e.stack) reporter.debug(e.stack);
     return EXIT.failure;
   } finally {
+    clearInterval(parentWatch);
     for (const [sig, h] of Object.entries(handlers)) {
       Deno.removeSignalListener(sig as Deno.Signal, h);
     }
     killAll();
   }
+}
+
+/**
+ * Calls `onDeath` once when this process's parent dies (its parent id changes).
+ * @param onDeath What to do.
+ * @returns The polling interval, to clear.
+ */
+function watchParent(onDeath: () => void): ReturnType<typeof setInterval> | undefined {
+  const ppid = () => {
+    try {
+      // /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+      const stat = Deno.readTextFileSync("/proc/self/stat");
+      return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    } catch {
+      return undefined;
+    }
+  };
+  const parent = ppid();
+  if (parent === undefined) return undefined;
+  const t = setInterval(() => {
+    if (ppid() !== parent) {
+      clearInterval(t);
+      onDeath();
+    }
+  }, 250);
+  Deno.unrefTimer(t);
+  return t;
 }
 
 if (import.meta.main) {

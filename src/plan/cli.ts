@@ -300,7 +300,7 @@ async function schedule(
     const scheduler = new Scheduler(plan, store, {
       launcher: childLauncher(verbose ? { stderr: (l) => console.error(`  | ${l}`) } : {}),
       windows: planWindows(plan),
-      owner: hostname(),
+      owner: `${hostname()}/${Deno.pid}`,
       log,
     });
     log(`Scheduling "${plan.file}": ${plan.vms.length} VMs, state in "${statePath}"`);

@@ -21,7 +21,7 @@ import { errorMessage } from "../errors.ts";
 import { formatBytes, formatDuration } from "../progress.ts";
 import { childArgs, type Plan, type PlanVm, storageDomain } from "./plan.ts";
 import { nextOpening, openWindowStart } from "./cron.ts";
-import type { Brief, SqliteStore } from "./state.ts";
+import type { Brief, StateStore } from "./state.ts";
 
 /** A child run, as the scheduler sees it. */
 export interface ChildRun {
@@ -96,6 +96,25 @@ export interface SchedulerOptions {
   stopOrphan?: (pid: number, runId: string) => Promise<boolean>;
   /** Clock, ms since the epoch. */
   now?: () => number;
+  /**
+   * How long a run stays claimed without a heartbeat: after that, another scheduler (or this
+   * one, restarted) reclaims it. Heartbeats come every third of it.
+   * @default 30 s
+   */
+  leaseMs?: number;
+  /**
+   * At start, reclaim every run marked running, leases or not: right when no other scheduler
+   * can be alive (the SQLite store is locked by this one). Otherwise runs are reclaimed when
+   * their lease has ended, at start and whenever the scheduler looks for work.
+   * @default true
+   */
+  recoverAllAtStart?: boolean;
+  /**
+   * The host this scheduler runs on: runs of dead schedulers on it have children this one can
+   * stop.
+   * @default the part of owner before "/"
+   */
+  host?: string;
 }
 
 /** One run, for the occupancy figures. */
@@ -145,7 +164,7 @@ interface Active {
 /** Runs a plan. */
 export class Scheduler {
   readonly #plan: Plan;
-  readonly #store: SqliteStore;
+  readonly #store: StateStore;
   readonly #o: Required<SchedulerOptions>;
   readonly #active = new Map<string, Active>();
   readonly #runs: RunRecord[] = [];
@@ -158,13 +177,16 @@ export class Scheduler {
    * @param store Its state.
    * @param options Launcher, windows, owner, log.
    */
-  constructor(plan: Plan, store: SqliteStore, options: SchedulerOptions) {
+  constructor(plan: Plan, store: StateStore, options: SchedulerOptions) {
     this.#plan = plan;
     this.#store = store;
     this.#o = {
       sizeOf: localInputSize,
       stopOrphan,
       now: () => Date.now(),
+      leaseMs: 30_000,
+      recoverAllAtStart: true,
+      host: options.owner.split("/")[0]!,
       ...options,
     };
   }
@@ -178,8 +200,8 @@ export class Scheduler {
    */
   async run(signal: AbortSignal): Promise<Summary> {
     const t0 = this.#o.now();
-    this.#store.sync(this.#plan.vms.map((v) => v.name));
-    await this.#recover();
+    await this.#store.sync(this.#plan.vms.map((v) => v.name));
+    await this.#recover(this.#o.recoverAllAtStart ? Infinity : this.#o.now());
     const stopWatching = new AbortController();
     const both = AbortSignal.any([signal, stopWatching.signal]);
     this.#o.windows.watch(() => this.#wake(), both);
@@ -187,8 +209,18 @@ export class Scheduler {
     signal.addEventListener("abort", onAbort);
     let timer: ReturnType<typeof setTimeout> | undefined;
     let sampler: ReturnType<typeof setInterval> | undefined;
+    let heart: ReturnType<typeof setInterval> | undefined;
     try {
       sampler = setInterval(() => this.#sample(), 5000);
+      // Heartbeats renew this scheduler's leases, and wake it to see what others did.
+      heart = setInterval(async () => {
+        try {
+          await this.#store.heartbeat(this.#o.owner, this.#o.now(), this.#o.leaseMs);
+        } catch (e) {
+          this.#o.log(`heartbeat failed: ${errorMessage(e)}`);
+        }
+        this.#wake();
+      }, this.#o.leaseMs / 3);
       while (true) {
         const b0 = performance.now();
         const woke = new Promise<void>((r) => (this.#wake = r));
@@ -196,9 +228,9 @@ export class Scheduler {
         if (signal.aborted) {
           this.#stopAll("the scheduler was interrupted");
           next = Infinity;
-        } else next = this.#fill();
+        } else next = await this.#fill();
         this.#busyMs += performance.now() - b0;
-        if (this.#active.size === 0 && (signal.aborted || this.#finished())) break;
+        if (this.#active.size === 0 && (signal.aborted || await this.#finished())) break;
         clearTimeout(timer);
         if (Number.isFinite(next)) {
           // (At most an hour: longer delays overflow timers; waking early is harmless.)
@@ -212,10 +244,11 @@ export class Scheduler {
     } finally {
       clearTimeout(timer);
       clearInterval(sampler);
+      clearInterval(heart);
       signal.removeEventListener("abort", onAbort);
       stopWatching.abort();
     }
-    const rows = this.#rows();
+    const rows = await this.#rows();
     return {
       done: rows.filter((r) => r.state === "done").length,
       failed: rows.filter((r) => r.state === "failed").length,
@@ -228,31 +261,36 @@ export class Scheduler {
   }
 
   /** The plan's rows, in plan order. */
-  #rows(): Brief[] {
-    const byName = new Map(this.#store.brief().map((r) => [r.name, r]));
+  async #rows(): Promise<Brief[]> {
+    const byName = new Map((await this.#store.brief()).map((r) => [r.name, r]));
     return this.#plan.vms.map((v) => byName.get(v.name)!);
   }
 
-  #finished(): boolean {
-    return this.#rows().every((r) => r.state === "done" || r.state === "failed");
+  async #finished(): Promise<boolean> {
+    return (await this.#rows()).every((r) => r.state === "done" || r.state === "failed");
   }
 
-  /** A scheduler that died left runs marked running: stop their children, retry them. */
-  async #recover(): Promise<void> {
+  /**
+   * Runs whose scheduler died (its lease ended, or every run when `before` is Infinity): stop
+   * their children where they run on this host, and put the VMs back to pending.
+   * @param before Runs whose lease ended before this time.
+   */
+  async #recover(before: number): Promise<void> {
     const plan = new Set(this.#plan.vms.map((v) => v.name));
-    for (const r of this.#store.list()) {
-      if (!plan.has(r.name) || r.state !== "running" || !r.runId) continue;
-      if (r.pid !== null && await this.#o.stopOrphan(r.pid, r.runId)) {
+    for (const r of await this.#store.expired(before)) {
+      if (!plan.has(r.name) || !r.runId || this.#active.has(r.name)) continue;
+      const local = r.owner === null || r.owner.split("/")[0] === this.#o.host;
+      if (local && r.pid !== null && await this.#o.stopOrphan(r.pid, r.runId)) {
         this.#o.log(`${r.name}: stopped the run a previous scheduler left (pid ${r.pid})`);
       }
-      this.#store.stop(r.name, r.runId, {
-        reason: "the scheduler stopped while this ran; cleaned up, to be retried",
+      const released = await this.#store.stop(r.name, r.runId, {
+        reason: `its scheduler (${r.owner}) stopped while this ran; cleaned up, to be retried`,
         failure: false,
         giveUp: false,
         notBefore: 0,
         now: this.#o.now(),
       });
-      this.#o.log(`${r.name}: left running by a previous scheduler; will be retried`);
+      if (released) this.#o.log(`${r.name}: reclaimed from ${r.owner}; will be retried`);
     }
   }
 
@@ -260,7 +298,8 @@ export class Scheduler {
    * Starts what may start.
    * @returns When to look again (a backoff ends, the window ends), ms since the epoch.
    */
-  #fill(): number {
+  async #fill(): Promise<number> {
+    if (!this.#o.recoverAllAtStart) await this.#recover(this.#o.now());
     const now = this.#o.now();
     let next = Infinity;
     const win = this.#o.windows.current(now);
@@ -271,21 +310,35 @@ export class Scheduler {
     if (win.end <= now) return next;
     next = win.end;
 
-    const rows = this.#rows();
+    const rows = await this.#rows();
     const state = new Map(rows.map((r) => [r.name, r]));
     // A VM whose dependency failed can never start.
     for (const vm of this.#plan.vms) {
       const r = state.get(vm.name)!;
       if (r.state !== "pending") continue;
       const bad = vm.after.find((d) => state.get(d)?.state === "failed");
-      if (bad) {
-        this.#failPending(vm.name, `its dependency "${bad}" failed`);
-      }
+      if (bad) await this.#failPending(vm.name, `its dependency "${bad}" failed`);
     }
     const l = this.#plan.limits;
-    const count = (key: (v: PlanVm) => string | undefined, vm: PlanVm) =>
-      [...this.#active.values()].filter((a) => key(a.vm) !== undefined && key(a.vm) === key(vm))
-        .length;
+    // Limits count every run of the plan, this scheduler's or another's; the claim checks them
+    // again in its transaction.
+    const groups = (vm: PlanVm) => {
+      const out: Array<{ names: string[]; max: number }> = [];
+      const keys: Array<[(v: PlanVm) => string | undefined, number | undefined]> = [
+        [(v) => v.sourceHost, l.perSourceHost],
+        [(v) => v.datastore, l.perDatastore],
+        [storageDomain, l.perStorageDomain],
+      ];
+      for (const [key, max] of keys) {
+        const k = key(vm);
+        if (max === undefined || k === undefined) continue;
+        out.push({ names: this.#plan.vms.filter((v) => key(v) === k).map((v) => v.name), max });
+      }
+      return out;
+    };
+    const full = (g: { names: string[]; max: number }) =>
+      g.names.filter((n) => state.get(n)?.state === "running" || this.#active.has(n)).length >=
+        g.max;
     const rate = this.#rate(win, rows);
     const candidates = this.#plan.vms
       .map((vm, i) => ({ vm, i, row: state.get(vm.name)! }))
@@ -298,9 +351,8 @@ export class Scheduler {
         next = Math.min(next, row.notBefore);
         continue;
       }
-      if (l.perSourceHost && count((v) => v.sourceHost, vm) >= l.perSourceHost) continue;
-      if (l.perDatastore && count((v) => v.datastore, vm) >= l.perDatastore) continue;
-      if (l.perStorageDomain && count(storageDomain, vm) >= l.perStorageDomain) continue;
+      const limits = groups(vm);
+      if (limits.some(full)) continue;
       const size = vm.size ?? this.#o.sizeOf(vm);
       if (size !== undefined && rate !== undefined && Number.isFinite(win.end)) {
         const needMs = (size / rate) * 1000;
@@ -309,19 +361,21 @@ export class Scheduler {
             `${formatBytes(rate)}/s needs ${formatDuration(needMs / 1000)}, ` +
             `${formatDuration((win.end - now) / 1000)} left`;
           if (row.reason !== why) {
-            this.#store.note(vm.name, why);
+            await this.#store.note(vm.name, why);
             this.#o.log(`${vm.name}: ${why}`);
           }
           continue;
         }
       }
-      this.#start(vm, win, now, row.attempts + 1);
+      if (await this.#start(vm, win, now, row.attempts + 1, limits)) {
+        state.set(vm.name, { ...row, state: "running" });
+      }
     }
     return next;
   }
 
-  #failPending(name: string, reason: string): void {
-    if (this.#store.failPending(name, reason, this.#o.now())) {
+  async #failPending(name: string, reason: string): Promise<void> {
+    if (await this.#store.failPending(name, reason, this.#o.now())) {
       this.#o.log(`${name}: failed: ${reason}`);
     }
   }
@@ -337,9 +391,20 @@ export class Scheduler {
     return rate;
   }
 
-  #start(vm: PlanVm, win: OpenWindow, now: number, attempt: number): void {
+  async #start(
+    vm: PlanVm,
+    win: OpenWindow,
+    now: number,
+    attempt: number,
+    groups: Array<{ names: string[]; max: number }>,
+  ): Promise<boolean> {
     const runId = crypto.randomUUID();
-    if (!this.#store.claim(vm.name, runId, this.#o.owner, now)) return;
+    const claimed = await this.#store.claim(vm.name, runId, this.#o.owner, {
+      now,
+      leaseMs: this.#o.leaseMs,
+      groups,
+    });
+    if (!claimed) return false;
     const args = childArgs(vm);
     const flags = ["--machine-readable"];
     if (win.bandwidth !== undefined) flags.push("--bandwidth", String(win.bandwidth));
@@ -368,20 +433,26 @@ export class Scheduler {
         },
       );
     } catch (e) {
-      this.#store.stop(vm.name, runId, {
+      await this.#store.stop(vm.name, runId, {
         reason: `cannot start vmshift: ${errorMessage(e)}`,
         failure: true,
         giveUp: true,
         notBefore: 0,
         now,
       });
-      return;
+      return false;
     }
     this.#spawnMs += performance.now() - s0;
-    this.#store.setPid(vm.name, runId, a.child.pid);
     this.#active.set(vm.name, a);
+    await this.#store.setPid(vm.name, runId, a.child.pid);
     this.#o.log(`${vm.name}: started (attempt ${attempt})`);
-    a.child.done.then((code) => this.#ended(a, code), (e) => this.#ended(a, -1, errorMessage(e)));
+    a.child.done.then((code) => this.#ended(a, code), (e) => this.#ended(a, -1, errorMessage(e)))
+      .catch((e) => {
+        this.#o.log(`${vm.name}: cannot record the end of the run: ${errorMessage(e)}`);
+        this.#active.delete(vm.name);
+        this.#wake();
+      });
+    return true;
   }
 
   #event(a: Active, ev: Record<string, unknown>): void {
@@ -400,7 +471,7 @@ export class Scheduler {
           rate: a.rate,
           ...(typeof ev.eta === "number" ? { eta: ev.eta } : {}),
         };
-        this.#store.progress(a.vm.name, a.runId, p);
+        Promise.resolve(this.#store.progress(a.vm.name, a.runId, p)).catch(() => {});
         break;
       }
       case "warning":
@@ -418,10 +489,9 @@ export class Scheduler {
     }
   }
 
-  #ended(a: Active, code: number, why?: string): void {
+  async #ended(a: Active, code: number, why?: string): Promise<void> {
     const b0 = performance.now();
     const now = this.#o.now();
-    this.#active.delete(a.vm.name);
     this.#runs.push({ vm: a.vm.name, start: a.start, end: now, code });
     const details = {
       warnings: a.warnings,
@@ -432,7 +502,7 @@ export class Scheduler {
     if (code === 0 && a.result) {
       const disks = (a.result.disks ?? []) as Array<Record<string, number>>;
       const virtualSize = disks.reduce((n, d) => n + (d.size ?? 0), 0);
-      const ok = this.#store.finish(name, a.runId, {
+      const ok = await this.#store.finish(name, a.runId, {
         bytes: virtualSize,
         dataBytes: disks.reduce((n, d) => n + (d.data_bytes ?? 0), 0),
         virtualSize,
@@ -445,7 +515,7 @@ export class Scheduler {
           : `${name}: finished, but this run no longer held it: not recorded`,
       );
     } else if (a.stopReason) {
-      this.#store.stop(name, a.runId, {
+      await this.#store.stop(name, a.runId, {
         reason: `${a.stopReason}; cleaned up, left for the next window`,
         failure: false,
         giveUp: false,
@@ -455,7 +525,7 @@ export class Scheduler {
       });
       this.#o.log(`${name}: stopped: ${a.stopReason}`);
     } else {
-      const row = this.#store.get(name)!;
+      const row = (await this.#store.get(name))!;
       const last = a.stderr.findLast((l) => l.startsWith("vmshift: error: "));
       const reason = a.error ?? last?.slice("vmshift: error: ".length) ?? why ??
         `vmshift exited with code ${code}`;
@@ -465,7 +535,7 @@ export class Scheduler {
         this.#plan.retry.backoffMs * 2 ** row.failures,
         this.#plan.retry.maxBackoffMs,
       );
-      this.#store.stop(name, a.runId, {
+      await this.#store.stop(name, a.runId, {
         reason,
         failure: true,
         giveUp,
@@ -479,6 +549,7 @@ export class Scheduler {
           : `${name}: failed (${reason}); retrying in ${formatDuration(backoff / 1000)}`,
       );
     }
+    this.#active.delete(name);
     this.#busyMs += performance.now() - b0;
     this.#wake();
   }
@@ -495,7 +566,7 @@ export class Scheduler {
   #sample(): void {
     let rate = 0;
     for (const a of this.#active.values()) rate += a.rate;
-    this.#store.sample(this.#o.now(), rate);
+    Promise.resolve(this.#store.sample(this.#o.now(), rate)).catch(() => {});
   }
 }
 

@@ -38,6 +38,8 @@ export interface VmRow {
   owner: string | null;
   /** Not started again before this time (ms since the epoch): retry backoff. */
   notBefore: number;
+  /** While running: the owner's lease ends then unless its heartbeat renews it. */
+  leaseUntil: number;
   /** Bytes copied so far (this run) or in total (done). */
   bytes: number;
   /** Bytes of data read from the source (done). */
@@ -66,6 +68,51 @@ export type Brief = Pick<
   "name" | "state" | "attempts" | "notBefore" | "reason" | "virtualSize" | "seconds"
 >;
 
+/** Options of a claim. */
+export interface ClaimOptions {
+  /** The time, ms since the epoch. */
+  now: number;
+  /** The lease of the run (renewed by heartbeats); 0 for none. */
+  leaseMs?: number;
+  /** Limits: at most `max` of the VMs `names` running at once (with this one, if claimed). */
+  groups?: Array<{ names: string[]; max: number }>;
+}
+
+/**
+ * What the scheduler needs of a state store: the SQLite store, or the PostgreSQL store that
+ * several conversion hosts share. Every transition is conditional on the current state and
+ * the run id, so a run that lost its VM cannot change it.
+ */
+export interface StateStore {
+  sync(names: readonly string[]): void | Promise<void>;
+  list(): VmRow[] | Promise<VmRow[]>;
+  brief(): Brief[] | Promise<Brief[]>;
+  get(name: string): VmRow | undefined | Promise<VmRow | undefined>;
+  claim(name: string, runId: string, owner: string, o: ClaimOptions): boolean | Promise<boolean>;
+  setPid(name: string, runId: string, pid: number): void | Promise<void>;
+  progress(name: string, runId: string, p: Progress): void | Promise<void>;
+  finish(name: string, runId: string, f: Finish, now: number): boolean | Promise<boolean>;
+  stop(name: string, runId: string, o: StopOptions): boolean | Promise<boolean>;
+  failPending(name: string, reason: string, now: number): boolean | Promise<boolean>;
+  note(name: string, reason: string | null): void | Promise<void>;
+  sample(t: number, bytesPerSecond: number): void | Promise<void>;
+  heartbeat(owner: string, now: number, leaseMs: number): void | Promise<void>;
+  expired(now: number): VmRow[] | Promise<VmRow[]>;
+}
+
+/** How a run ended without success. */
+export interface StopOptions {
+  reason: string;
+  /** Counts against the retry limit. */
+  failure: boolean;
+  /** failed rather than pending. */
+  giveUp: boolean;
+  /** Not retried before (ms since the epoch). */
+  notBefore: number;
+  now: number;
+  details?: Record<string, unknown>;
+}
+
 /** Fields a run reports while it goes. */
 export interface Progress {
   bytes: number;
@@ -92,6 +139,7 @@ const COLUMNS = `name TEXT PRIMARY KEY,
   pid INTEGER,
   owner TEXT,
   not_before INTEGER NOT NULL DEFAULT 0,
+  lease_until INTEGER NOT NULL DEFAULT 0,
   bytes INTEGER NOT NULL DEFAULT 0,
   data_bytes INTEGER NOT NULL DEFAULT 0,
   virtual_size INTEGER NOT NULL DEFAULT 0,
@@ -104,7 +152,7 @@ const COLUMNS = `name TEXT PRIMARY KEY,
   details TEXT`;
 
 /** The SQLite state store of one plan. */
-export class SqliteStore implements Disposable {
+export class SqliteStore implements StateStore, Disposable {
   readonly #db: DatabaseSync;
   /** The file. */
   readonly path: string;
@@ -182,22 +230,52 @@ export class SqliteStore implements Disposable {
   }
 
   /**
-   * Claims a pending VM for a run: pending -> running.
+   * Claims a pending VM for a run: pending -> running, in one transaction with the limit check.
    *
    * @param name The VM.
    * @param runId The run's id.
-   * @param owner The host.
-   * @param now The time.
-   * @returns False when the VM was not pending (or its backoff has not passed).
+   * @param owner The scheduler.
+   * @param o The time, the lease, and limits over all schedulers: at most `max` of `names` may
+   *   run at once.
+   * @returns False when the VM was not pending, its backoff has not passed, or a limit is full.
    */
-  claim(name: string, runId: string, owner: string, now: number): boolean {
-    const r = this.#stmt(
-      `UPDATE vms SET state = 'running', run_id = ?, owner = ?, pid = NULL,
-         attempts = attempts + 1, started_at = ?, finished_at = NULL, bytes = 0, percent = 0,
-         rate = 0, eta = NULL, reason = NULL
-       WHERE name = ? AND state = 'pending' AND not_before <= ?`,
-    ).run(runId, owner, now, name, now);
-    return r.changes === 1;
+  claim(name: string, runId: string, owner: string, o: ClaimOptions): boolean {
+    return this.#tx(() => {
+      for (const g of o.groups ?? []) {
+        const running = this.#stmt(
+          "SELECT name FROM vms WHERE state = 'running'",
+        ).all().filter((r) => g.names.includes(r.name as string)).length;
+        if (running >= g.max) return false;
+      }
+      const r = this.#stmt(
+        `UPDATE vms SET state = 'running', run_id = ?, owner = ?, pid = NULL, lease_until = ?,
+           attempts = attempts + 1, started_at = ?, finished_at = NULL, bytes = 0, percent = 0,
+           rate = 0, eta = NULL, reason = NULL
+         WHERE name = ? AND state = 'pending' AND not_before <= ?`,
+      ).run(runId, owner, o.now + (o.leaseMs ?? 0), o.now, name, o.now);
+      return r.changes === 1;
+    });
+  }
+
+  /**
+   * Renews the lease of a scheduler's runs.
+   * @param owner The scheduler.
+   * @param now The time.
+   * @param leaseMs How long the lease lasts from now.
+   */
+  heartbeat(owner: string, now: number, leaseMs: number): void {
+    this.#stmt("UPDATE vms SET lease_until = ? WHERE owner = ? AND state = 'running'")
+      .run(now + leaseMs, owner);
+  }
+
+  /**
+   * Runs whose lease ended: their scheduler died.
+   * @param now The time (Infinity: every run, when no other scheduler can be alive).
+   * @returns Their rows.
+   */
+  expired(now: number): VmRow[] {
+    return this.#stmt("SELECT * FROM vms WHERE state = 'running' AND lease_until < ?")
+      .all(Number.isFinite(now) ? now : Number.MAX_SAFE_INTEGER).map(toRow);
   }
 
   /**
@@ -260,18 +338,7 @@ export class SqliteStore implements Disposable {
    * @param o Why, whether it counts as a failure, whether to give up, when to retry.
    * @returns False when this run no longer holds the VM.
    */
-  stop(
-    name: string,
-    runId: string,
-    o: {
-      reason: string;
-      failure: boolean;
-      giveUp: boolean;
-      notBefore: number;
-      now: number;
-      details?: Record<string, unknown>;
-    },
-  ): boolean {
+  stop(name: string, runId: string, o: StopOptions): boolean {
     const r = this.#stmt(
       `UPDATE vms SET state = ?, reason = ?, failures = failures + ?, not_before = ?,
          finished_at = ?, pid = NULL, run_id = NULL, rate = 0, eta = NULL,
@@ -392,6 +459,7 @@ function toRow(r: Record<string, unknown>): VmRow {
     pid: r.pid === null ? null : Number(r.pid),
     owner: (r.owner as string | null) ?? null,
     notBefore: Number(r.not_before),
+    leaseUntil: Number(r.lease_until),
     bytes: Number(r.bytes),
     dataBytes: Number(r.data_bytes),
     virtualSize: Number(r.virtual_size),

@@ -14,6 +14,7 @@ function row(name: string, o: Partial<VmRow>): VmRow {
     pid: null,
     owner: null,
     notBefore: 0,
+    leaseUntil: 0,
     bytes: 0,
     dataBytes: 0,
     virtualSize: 0,

@@ -269,7 +269,7 @@ Deno.test("a run a dead scheduler left is stopped and retried, and can never fin
   await withStore(async (store) => {
     const p = plan(`vms: [{ name: a }]`);
     store.sync(["a"]);
-    assert(store.claim("a", "old-run", "test", Date.now()));
+    assert(store.claim("a", "old-run", "test", { now: Date.now() }));
     store.setPid("a", "old-run", 4242);
     const stopped: Array<[number, string]> = [];
     const fake = fakeLauncher({});
