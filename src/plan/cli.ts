@@ -8,13 +8,23 @@
 
 import { parseArgs } from "node:util";
 import { hostname } from "node:os";
-import { errorMessage, EXIT } from "../errors.ts";
+import { errorMessage, EXIT, UsageError } from "../errors.ts";
+import { basename } from "node:path";
 import { formatBytes, formatDuration } from "../progress.ts";
 import { nextOpening } from "./cron.ts";
-import { childArgs, formatIssue, loadPlan, type Plan, PlanError, storageDomain } from "./plan.ts";
+import {
+  childArgs,
+  formatIssue,
+  loadPlan,
+  parseDuration,
+  type Plan,
+  PlanError,
+  storageDomain,
+} from "./plan.ts";
 import { childLauncher, planWindows, Scheduler } from "./scheduler.ts";
 import { renderReport } from "./report.ts";
-import { SqliteStore, type VmRow } from "./state.ts";
+import { SqliteStore, type StateStore, type VmRow } from "./state.ts";
+import { PostgresStore } from "./state_pg.ts";
 
 /** The subcommands. */
 export const SUBCOMMANDS = ["plan", "schedule", "status", "report"] as const;
@@ -38,7 +48,15 @@ export const PLAN_HELP = `Many VMs from a plan file (JSON or YAML; schema/plan.s
   vmshift status PLAN         Every VM's state, attempts, bytes, duration, reason
   vmshift report PLAN [--output FILE]
                               An HTML report of the plan (default: PLAN's name with .html)
-Options: --state FILE (default: PLAN's name with .state.db), --machine-readable, -v
+Options:
+  --state FILE                The state (default: PLAN's name with .state.db, SQLite)
+  --state postgres://USER@HOST[:PORT]/DB
+                              Share the plan between the schedulers of several conversion
+                              hosts through PostgreSQL (password in PGPASSWORD, never in the URL)
+  --plan-id ID                The plan's key in a shared database (default: PLAN's file name)
+  --lease DURATION            A host's runs are reclaimed this long after its last heartbeat
+                              (default 30s)
+  --machine-readable, -v
 `;
 
 /**
@@ -54,6 +72,8 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
       options: {
         state: { type: "string" },
         output: { type: "string" },
+        lease: { type: "string" },
+        "plan-id": { type: "string" },
         "machine-readable": { type: "boolean" },
         verbose: { type: "boolean", short: "v" },
         help: { type: "boolean", short: "h" },
@@ -104,29 +124,50 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
     return EXIT.ok;
   }
   const statePath = v.state ?? defaultStatePath(file);
-  if (statePath.startsWith("postgres://") || statePath.startsWith("postgresql://")) {
-    return usage("--state postgres://... (several conversion hosts) is not implemented yet");
-  }
-  if (cmd === "status" || cmd === "report") {
-    try {
-      await Deno.stat(statePath);
-    } catch {
-      console.error(`vmshift: error: No state "${statePath}": the plan was never scheduled`);
-      return EXIT.failure;
+  const shared = /^postgres(ql)?:\/\//.test(statePath);
+  let leaseMs = 30_000;
+  if (v.lease !== undefined) {
+    const ms = parseDuration(v.lease);
+    if (ms === undefined || ms < 3000) {
+      return usage(`Bad --lease "${v.lease}": expected 3s or more`);
     }
-    using store = new SqliteStore(statePath);
-    store.sync(plan.vms.map((vm) => vm.name));
-    if (cmd === "status") status(plan, store.list(), mr);
+    leaseMs = ms;
+  }
+  const planId = v["plan-id"] ?? basename(file).replace(/\.(json|ya?ml)$/i, "");
+  if (cmd === "status" || cmd === "report") {
+    if (!shared) {
+      try {
+        await Deno.stat(statePath);
+      } catch {
+        console.error(`vmshift: error: No state "${statePath}": the plan was never scheduled`);
+        return EXIT.failure;
+      }
+    }
+    await using store = await openStore(statePath, planId);
+    await store.sync(plan.vms.map((vm) => vm.name));
+    const rows = await store.list();
+    if (cmd === "status") status(plan, rows, mr);
     else {
       const out = v.output ?? file.replace(/\.(json|ya?ml)$/i, "") + ".html";
-      await Deno.writeTextFile(out, renderReport(plan, store.list(), new Date()));
+      await Deno.writeTextFile(out, renderReport(plan, rows, new Date()));
       console.log(
         mr ? JSON.stringify({ type: "result", report: out }) : `Report written to "${out}"`,
       );
     }
     return EXIT.ok;
   }
-  return await schedule(plan, statePath, mr, v.verbose ?? false);
+  return await schedule(plan, statePath, { mr, verbose: v.verbose ?? false, leaseMs, planId });
+}
+
+type OpenedStore = StateStore & AsyncDisposable & { sqlite?: SqliteStore };
+
+async function openStore(path: string, planId: string): Promise<OpenedStore> {
+  if (/^postgres(ql)?:\/\//.test(path)) return await PostgresStore.open(path, planId);
+  const sqlite = new SqliteStore(path);
+  return Object.assign(sqlite, {
+    sqlite,
+    [Symbol.asyncDispose]: () => Promise.resolve(sqlite[Symbol.dispose]()),
+  });
 }
 
 function usage(msg: string): number {
@@ -259,9 +300,9 @@ function status(plan: Plan, rows: VmRow[], mr: boolean): void {
 async function schedule(
   plan: Plan,
   statePath: string,
-  mr: boolean,
-  verbose: boolean,
+  o: { mr: boolean; verbose: boolean; leaseMs: number; planId: string },
 ): Promise<number> {
+  const { mr, verbose } = o;
   const enc = new TextEncoder();
   const log = (text: string) => {
     const line = mr
@@ -269,8 +310,19 @@ async function schedule(
       : `[${new Date().toISOString().slice(11, 19)}] ${text}`;
     Deno.stdout.writeSync(enc.encode(line + "\n"));
   };
-  using store = new SqliteStore(statePath);
-  const holder = store.lock(Deno.pid, hostname(), (pid) => {
+  let store: OpenedStore;
+  try {
+    store = await openStore(statePath, o.planId);
+  } catch (e) {
+    if (e instanceof UsageError) return usage(e.message);
+    console.error(
+      `vmshift: error: Cannot open the state "${redact(statePath)}": ${errorMessage(e)}`,
+    );
+    return EXIT.failure;
+  }
+  await using _closed = store;
+  // One scheduler per SQLite file; with PostgreSQL, as many as there are conversion hosts.
+  const holder = store.sqlite?.lock(Deno.pid, hostname(), (pid) => {
     try {
       Deno.statSync(`/proc/${pid}`);
       return true;
@@ -302,8 +354,11 @@ async function schedule(
       windows: planWindows(plan),
       owner: `${hostname()}/${Deno.pid}`,
       log,
+      leaseMs: o.leaseMs,
+      // SQLite: this scheduler holds the lock, so every run marked running is an orphan.
+      recoverAllAtStart: !!store.sqlite,
     });
-    log(`Scheduling "${plan.file}": ${plan.vms.length} VMs, state in "${statePath}"`);
+    log(`Scheduling "${plan.file}": ${plan.vms.length} VMs, state in "${redact(statePath)}"`);
     const s = await scheduler.run(controller.signal);
     const summary = `${s.done} done, ${s.failed} failed, ${s.pending} pending`;
     if (mr) {
@@ -322,6 +377,10 @@ async function schedule(
     return s.failed || s.pending ? EXIT.failure : EXIT.ok;
   } finally {
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
-    store.unlock(Deno.pid);
+    store.sqlite?.unlock(Deno.pid);
   }
+}
+
+function redact(url: string): string {
+  return url.replace(/\/\/([^@/]*)@/, (_, user) => `//${String(user).split(":")[0]}@`);
 }

@@ -448,7 +448,12 @@ export class SqliteStore implements StateStore, Disposable {
   }
 }
 
-function toRow(r: Record<string, unknown>): VmRow {
+/**
+ * A row as the database returns it (snake_case columns) to a {@linkcode VmRow}.
+ * @param r The row.
+ * @returns The VM row.
+ */
+export function toRow(r: Record<string, unknown>): VmRow {
   return {
     name: r.name as string,
     state: r.state as VmState,

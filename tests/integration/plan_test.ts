@@ -136,6 +136,7 @@ vms: [{ name: a }, { name: b }, { name: c }]
     VMSHIFT_CHILD: `${Deno.execPath()} run -A ${FAKE}`,
     FAKE_LOG: log,
     FAKE_MS: String(ms),
+    FAKE_OUTLIVE: "1",
   });
   const first = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "schedule", plan],

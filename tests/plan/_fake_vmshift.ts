@@ -2,7 +2,9 @@
  * A stand-in for a vmshift migration, for scheduler tests that need a run to last (started by
  * the scheduler through `VMSHIFT_CHILD`): it prints machine-readable events like vmshift,
  * takes `FAKE_MS` milliseconds, and appends what happened to the file `FAKE_LOG`:
- * `start NAME`, `done NAME`, or `stopped NAME` when SIGTERM stops it (exit 143, as vmshift).
+ * `start NAME`, `done NAME`, or `stopped NAME` when SIGTERM stops it (exit 143, as vmshift),
+ * or `orphaned NAME` when its scheduler dies (it stops too, as vmshift does; unless
+ * `FAKE_OUTLIVE` is set, to stand for a child that hangs on).
  *
  * @module
  */
@@ -18,6 +20,20 @@ Deno.addSignalListener("SIGTERM", () => {
   note("stopped");
   Deno.exit(143);
 });
+if (!Deno.env.get("FAKE_OUTLIVE")) {
+  const ppid = () => {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1];
+  };
+  const parent = ppid();
+  const t = setInterval(() => {
+    if (ppid() !== parent) {
+      note("orphaned");
+      Deno.exit(143);
+    }
+  }, 100);
+  Deno.unrefTimer(t);
+}
 const total = 1 << 20;
 const steps = 10;
 for (let i = 1; i <= steps; i++) {
