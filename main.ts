@@ -90,7 +90,8 @@ export async function main(argv: readonly string[]): Promise<number> {
   for (const [sig, h] of Object.entries(handlers)) Deno.addSignalListener(sig as Deno.Signal, h);
   // A run started by `vmshift schedule` stops (and cleans up) when its scheduler dies, so that
   // the VM the scheduler's successor retries is not migrated twice.
-  const parentWatch = Deno.env.get("VMSHIFT_RUN_ID") ? watchParent(handlers.SIGTERM) : undefined;
+  const scheduler = Number(Deno.env.get("VMSHIFT_SCHEDULER_PID"));
+  const parentWatch = scheduler ? watchParent(scheduler, handlers.SIGTERM) : undefined;
   try {
     await migrate(cli, reporter, controller.signal);
     return EXIT.ok;
@@ -117,11 +118,17 @@ export async function main(argv: readonly string[]): Promise<number> {
 }
 
 /**
- * Calls `onDeath` once when this process's parent dies (its parent id changes).
+ * Calls `onDeath` once this process's parent is no longer `parent` (it died, perhaps even
+ * before this process got here: compared with the pid the parent gave, not with the parent
+ * found at start).
+ * @param parent The scheduler's process id.
  * @param onDeath What to do.
  * @returns The polling interval, to clear.
  */
-function watchParent(onDeath: () => void): ReturnType<typeof setInterval> | undefined {
+function watchParent(
+  parent: number,
+  onDeath: () => void,
+): ReturnType<typeof setInterval> | undefined {
   const ppid = () => {
     try {
       // /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
@@ -131,8 +138,11 @@ function watchParent(onDeath: () => void): ReturnType<typeof setInterval> | unde
       return undefined;
     }
   };
-  const parent = ppid();
-  if (parent === undefined) return undefined;
+  if (ppid() === undefined) return undefined;
+  if (ppid() !== parent) {
+    queueMicrotask(onDeath);
+    return undefined;
+  }
   const t = setInterval(() => {
     if (ppid() !== parent) {
       clearInterval(t);

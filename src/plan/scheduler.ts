@@ -215,7 +215,17 @@ export class Scheduler {
       // Heartbeats renew this scheduler's leases, and wake it to see what others did.
       heart = setInterval(async () => {
         try {
-          await this.#store.heartbeat(this.#o.owner, this.#o.now(), this.#o.leaseMs);
+          const before = new Set(this.#active.keys());
+          const held = await this.#store.heartbeat(this.#o.owner, this.#o.now(), this.#o.leaseMs);
+          // A run another scheduler reclaimed (this one missed its heartbeats: a pause, a lost
+          // connection) is stopped at once; its end is not recorded.
+          for (const [name, a] of this.#active) {
+            if (before.has(name) && !held.includes(a.runId) && !a.stopReason) {
+              a.stopReason = "another scheduler reclaimed it after this one missed its heartbeats";
+              this.#o.log(`${name}: stopping: ${a.stopReason}`);
+              a.child.stop();
+            }
+          }
         } catch (e) {
           this.#o.log(`heartbeat failed: ${errorMessage(e)}`);
         }
@@ -425,7 +435,8 @@ export class Scheduler {
     try {
       a.child = this.#o.launcher.start(
         args,
-        { VMSHIFT_RUN_ID: runId },
+        // The run id finds an orphan again; the pid lets the child notice this scheduler died.
+        { VMSHIFT_RUN_ID: runId, VMSHIFT_SCHEDULER_PID: String(Deno.pid) },
         (ev) => this.#event(a, ev),
         (line) => {
           a.stderr.push(line);

@@ -96,7 +96,7 @@ export interface StateStore {
   failPending(name: string, reason: string, now: number): boolean | Promise<boolean>;
   note(name: string, reason: string | null): void | Promise<void>;
   sample(t: number, bytesPerSecond: number): void | Promise<void>;
-  heartbeat(owner: string, now: number, leaseMs: number): void | Promise<void>;
+  heartbeat(owner: string, now: number, leaseMs: number): string[] | Promise<string[]>;
   expired(now: number): VmRow[] | Promise<VmRow[]>;
 }
 
@@ -262,10 +262,12 @@ export class SqliteStore implements StateStore, Disposable {
    * @param owner The scheduler.
    * @param now The time.
    * @param leaseMs How long the lease lasts from now.
+   * @returns The run ids it still holds.
    */
-  heartbeat(owner: string, now: number, leaseMs: number): void {
-    this.#stmt("UPDATE vms SET lease_until = ? WHERE owner = ? AND state = 'running'")
-      .run(now + leaseMs, owner);
+  heartbeat(owner: string, now: number, leaseMs: number): string[] {
+    return this.#stmt(
+      "UPDATE vms SET lease_until = ? WHERE owner = ? AND state = 'running' RETURNING run_id",
+    ).all(now + leaseMs, owner).map((r) => r.run_id as string);
   }
 
   /**

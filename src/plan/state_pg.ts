@@ -215,9 +215,10 @@ export class PostgresStore implements StateStore, AsyncDisposable {
       VALUES (${this.#plan}, '', ${t}, ${bytesPerSecond})`;
   }
 
-  async heartbeat(owner: string, now: number, leaseMs: number): Promise<void> {
-    await this.#sql`UPDATE vmshift_vms SET lease_until = ${now + leaseMs}
-      WHERE plan = ${this.#plan} AND owner = ${owner} AND state = 'running'`;
+  async heartbeat(owner: string, now: number, leaseMs: number): Promise<string[]> {
+    const rows = await this.#sql`UPDATE vmshift_vms SET lease_until = ${now + leaseMs}
+      WHERE plan = ${this.#plan} AND owner = ${owner} AND state = 'running' RETURNING run_id`;
+    return rows.map((r) => r.run_id as string);
   }
 
   async expired(now: number): Promise<VmRow[]> {

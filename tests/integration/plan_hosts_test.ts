@@ -85,7 +85,9 @@ ${
         assertEquals(
           lines.filter((l) => l === `done vm${i}`).length,
           1,
-          `repetition ${rep}: vm${i} done ${lines.filter((l) => l === `done vm${i}`).length} times`,
+          `repetition ${rep}: vm${i} done ${
+            lines.filter((l) => l === `done vm${i}`).length
+          } times\n${lines.join("\n")}\n${outs.map((o) => dec.decode(o.stdout)).join("\n---\n")}`,
         );
       }
       // The killed scheduler's run stopped with it, and its VM was reclaimed by another host.

@@ -25,7 +25,8 @@ if (!Deno.env.get("FAKE_OUTLIVE")) {
     const stat = Deno.readTextFileSync("/proc/self/stat");
     return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1];
   };
-  const parent = ppid();
+  // Compared with the pid the scheduler gave: it may have died before this process started.
+  const parent = Deno.env.get("VMSHIFT_SCHEDULER_PID");
   const t = setInterval(() => {
     if (ppid() !== parent) {
       note("orphaned");
@@ -33,6 +34,10 @@ if (!Deno.env.get("FAKE_OUTLIVE")) {
     }
   }, 100);
   Deno.unrefTimer(t);
+  if (ppid() !== parent) {
+    note("orphaned");
+    Deno.exit(143);
+  }
 }
 const total = 1 << 20;
 const steps = 10;
