@@ -25,6 +25,7 @@ import { childLauncher, planWindows, Scheduler } from "./scheduler.ts";
 import { renderReport } from "./report.ts";
 import { SqliteStore, type StateStore, type VmRow } from "./state.ts";
 import { PostgresStore } from "./state_pg.ts";
+import { isLoopback, serveStatus } from "./status_page.ts";
 
 /** The subcommands. */
 export const SUBCOMMANDS = ["plan", "schedule", "status", "report"] as const;
@@ -56,6 +57,8 @@ Options:
   --plan-id ID                The plan's key in a shared database (default: PLAN's file name)
   --lease DURATION            A host's runs are reclaimed this long after its last heartbeat
                               (default 30s)
+  --listen HOST:PORT          vmshift schedule: serve a live status page (read-only; loopback
+                              unless --listen-token-file FILE gives the token it then needs)
   --machine-readable, -v
 `;
 
@@ -74,6 +77,8 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
         output: { type: "string" },
         lease: { type: "string" },
         "plan-id": { type: "string" },
+        listen: { type: "string" },
+        "listen-token-file": { type: "string" },
         "machine-readable": { type: "boolean" },
         verbose: { type: "boolean", short: "v" },
         help: { type: "boolean", short: "h" },
@@ -156,7 +161,38 @@ export async function runSubcommand(argv: readonly string[]): Promise<number> {
     }
     return EXIT.ok;
   }
-  return await schedule(plan, statePath, { mr, verbose: v.verbose ?? false, leaseMs, planId });
+  let listen: { hostname: string; port: number; token?: string } | undefined;
+  if (cmd === "schedule" && v.listen !== undefined) {
+    const m = v.listen.match(/^(\[[^\]]+\]|[^:]+):(\d+)$/);
+    if (!m || Number(m[2]) > 65535) {
+      return usage(`Bad --listen "${v.listen}": expected HOST:PORT, e.g. 127.0.0.1:8080`);
+    }
+    listen = { hostname: m[1]!, port: Number(m[2]) };
+    if (v["listen-token-file"] !== undefined) {
+      try {
+        listen.token = (await Deno.readTextFile(v["listen-token-file"])).trim();
+      } catch (e) {
+        return usage(
+          `Cannot read --listen-token-file "${v["listen-token-file"]}": ${errorMessage(e)}`,
+        );
+      }
+      if (!listen.token) return usage(`The token file "${v["listen-token-file"]}" is empty`);
+    } else if (!isLoopback(listen.hostname)) {
+      return usage(
+        `--listen ${v.listen} is not a loopback address: the page needs a token, ` +
+          "--listen-token-file FILE",
+      );
+    }
+  } else if (v.listen !== undefined || v["listen-token-file"] !== undefined) {
+    return usage("--listen is an option of vmshift schedule");
+  }
+  return await schedule(plan, statePath, {
+    mr,
+    verbose: v.verbose ?? false,
+    leaseMs,
+    planId,
+    ...(listen ? { listen } : {}),
+  });
 }
 
 type OpenedStore = StateStore & AsyncDisposable & { sqlite?: SqliteStore };
@@ -300,7 +336,13 @@ function status(plan: Plan, rows: VmRow[], mr: boolean): void {
 async function schedule(
   plan: Plan,
   statePath: string,
-  o: { mr: boolean; verbose: boolean; leaseMs: number; planId: string },
+  o: {
+    mr: boolean;
+    verbose: boolean;
+    leaseMs: number;
+    planId: string;
+    listen?: { hostname: string; port: number; token?: string };
+  },
 ): Promise<number> {
   const { mr, verbose } = o;
   const enc = new TextEncoder();
@@ -359,7 +401,41 @@ async function schedule(
       recoverAllAtStart: !!store.sqlite,
     });
     log(`Scheduling "${plan.file}": ${plan.vms.length} VMs, state in "${redact(statePath)}"`);
-    const s = await scheduler.run(controller.signal);
+    const stopServer = new AbortController();
+    let server: Deno.HttpServer | undefined;
+    if (o.listen) {
+      const { hostname: host, port, token } = o.listen;
+      let ready!: () => void;
+      const listening = new Promise<void>((r) => (ready = r));
+      try {
+        server = serveStatus({
+          hostname: host,
+          port,
+          ...(token !== undefined ? { token } : {}),
+          snapshot: async () => ({
+            plan: plan.file,
+            vms: await rowsInPlanOrder(plan, store),
+            samples: scheduler.samples,
+            window: scheduler.openWindow(),
+          }),
+          onListen: (p) => {
+            log(`Status page: http://${host}:${p}/${token !== undefined ? "?token=..." : ""}`);
+            ready();
+          },
+        }, stopServer.signal);
+      } catch (e) {
+        console.error(`vmshift: error: Cannot listen on ${host}:${port}: ${errorMessage(e)}`);
+        return EXIT.failure;
+      }
+      await listening;
+    }
+    let s;
+    try {
+      s = await scheduler.run(controller.signal);
+    } finally {
+      stopServer.abort();
+      await server?.finished;
+    }
     const summary = `${s.done} done, ${s.failed} failed, ${s.pending} pending`;
     if (mr) {
       console.log(JSON.stringify({
@@ -379,6 +455,11 @@ async function schedule(
     for (const [sig, h] of handlers) Deno.removeSignalListener(sig, h);
     store.sqlite?.unlock(Deno.pid);
   }
+}
+
+async function rowsInPlanOrder(plan: Plan, store: StateStore): Promise<VmRow[]> {
+  const byName = new Map((await store.list()).map((r) => [r.name, r]));
+  return plan.vms.map((vm) => byName.get(vm.name)).filter((r): r is VmRow => !!r);
 }
 
 function redact(url: string): string {

@@ -170,6 +170,7 @@ export class Scheduler {
   readonly #runs: RunRecord[] = [];
   #wake: () => void = () => {};
   #busyMs = 0;
+  readonly #samples: Array<[number, number]> = [];
   #spawnMs = 0;
 
   /**
@@ -211,7 +212,7 @@ export class Scheduler {
     let sampler: ReturnType<typeof setInterval> | undefined;
     let heart: ReturnType<typeof setInterval> | undefined;
     try {
-      sampler = setInterval(() => this.#sample(), 5000);
+      sampler = setInterval(() => this.#sample(), 1000);
       // Heartbeats renew this scheduler's leases, and wake it to see what others did.
       heart = setInterval(async () => {
         try {
@@ -577,7 +578,27 @@ export class Scheduler {
   #sample(): void {
     let rate = 0;
     for (const a of this.#active.values()) rate += a.rate;
-    Promise.resolve(this.#store.sample(this.#o.now(), rate)).catch(() => {});
+    const now = this.#o.now();
+    this.#samples.push([now, rate]);
+    if (this.#samples.length > 3600) this.#samples.shift();
+    // The store keeps one sample in five (the report's record); the page gets all of them.
+    if (this.#samples.length % 5 === 0) {
+      Promise.resolve(this.#store.sample(now, rate)).catch(() => {});
+    }
+  }
+
+  /** Throughput of all runs, one sample a second over the last hour: [ms, bytes/s]. */
+  get samples(): Array<[number, number]> {
+    return this.#samples;
+  }
+
+  /**
+   * The window open now.
+   * @returns Its name and end (null: never), or null.
+   */
+  openWindow(): { name: string; end: number | null } | null {
+    const w = this.#o.windows.current(this.#o.now());
+    return w ? { name: w.name, end: Number.isFinite(w.end) ? w.end : null } : null;
   }
 }
 
