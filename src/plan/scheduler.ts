@@ -74,6 +74,12 @@ export interface Windows {
    * @param signal Stops watching.
    */
   watch(cb: () => void, signal: AbortSignal): void;
+  /**
+   * When the next window opens after a time, for messages.
+   * @param now Ms since the epoch.
+   * @returns Ms since the epoch, or undefined.
+   */
+  next?(now: number): number | undefined;
 }
 
 /** Options of {@linkcode Scheduler}. */
@@ -170,6 +176,7 @@ export class Scheduler {
   readonly #runs: RunRecord[] = [];
   #wake: () => void = () => {};
   #busyMs = 0;
+  #waitingSaid = false;
   readonly #samples: Array<[number, number]> = [];
   #spawnMs = 0;
 
@@ -316,8 +323,16 @@ export class Scheduler {
     const win = this.#o.windows.current(now);
     if (!win) {
       if (this.#active.size) this.#stopAll("the window closed");
+      if (!this.#waitingSaid) {
+        this.#waitingSaid = true;
+        const at = this.#o.windows.next?.(now);
+        this.#o.log(
+          `No window is open${at ? `; the next opens ${new Date(at).toISOString()}` : ""}`,
+        );
+      }
       return next;
     }
+    this.#waitingSaid = false;
     if (win.end <= now) return next;
     next = win.end;
 
@@ -627,6 +642,11 @@ export function planWindows(plan: Plan): Windows {
         }
       }
       return best;
+    },
+    next(now) {
+      const at = plan.windows.map((w) => nextOpening(w.cron, new Date(now))?.getTime())
+        .filter((t): t is number => t !== undefined);
+      return at.length ? Math.min(...at) : undefined;
     },
     watch(cb, signal) {
       plan.windows.forEach((w, i) => {

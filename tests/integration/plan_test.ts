@@ -198,3 +198,48 @@ async function readLog(path: string): Promise<string[]> {
     return [];
   }
 }
+
+Deno.test("a window opens with Deno.cron and its end stops the run, which waits for the next window", async () => {
+  // Windows open at every minute for 15 s. Start after second 20, so that no window is open
+  // and only Deno.cron firing at the next minute can start the run (this takes up to a minute).
+  const sec = new Date().getUTCSeconds();
+  if (sec < 20) await new Promise((r) => setTimeout(r, (20 - sec) * 1000));
+  await using sb = await Sandbox.create();
+  const log = `${sb.work}/runs.log`;
+  const plan = `${sb.work}/plan.yaml`;
+  await Deno.writeTextFile(
+    plan,
+    `defaults: { input: { mode: disk, args: [x.img] }, output: { mode: "null" }, convert: false }
+windows: [{ name: every-minute, cron: "* * * * *", duration: 15s }]
+vms: [{ name: slow }]
+`,
+  );
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "schedule", plan],
+    env: {
+      ...sb.env,
+      VMSHIFT_CHILD: `${Deno.execPath()} run -A ${FAKE}`,
+      FAKE_LOG: log,
+      FAKE_MS: "600000",
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const seen = await readUntil(child, (l) => l.includes("slow: stopped:"));
+  const text = seen.lines.join("\n");
+  assert(text.includes("No window is open; the next opens"), text);
+  const started = seen.lines.find((l) => l.includes("slow: started"))!;
+  const stopped = seen.lines.at(-1)!;
+  // Started at a minute's start (by the cron), stopped at its 15th second.
+  assert(/\[\d\d:\d\d:0[0-2]\] slow: started/.test(started), started);
+  assert(/\[\d\d:\d\d:1[5-7]\] slow: stopped: the window closed/.test(stopped), stopped);
+  assertEquals(await readLog(log), ["start slow", "stopped slow"]);
+  const st = JSON.parse((await sb.run(["status", plan, "--machine-readable"])).stdout);
+  assertEquals([st.vms[0].state, st.vms[0].attempts, st.vms[0].failures], ["pending", 1, 0]);
+  assert(st.vms[0].reason.startsWith("the window closed; cleaned up, left for the next window"));
+  child.kill("SIGTERM");
+  assertEquals((await child.status).code, 143);
+  await seen.rest;
+  await sb.assertNothingLeft();
+});
