@@ -1,6 +1,7 @@
 import { assert, assertEquals } from "../_assert.ts";
 import { assertSameContent, MAIN, processesMentioning, readUntil, Sandbox } from "./_harness.ts";
 import { makeTestImage } from "../../scripts/make_test_image.ts";
+import { startOvirt } from "../servers/mod.ts";
 
 const FAKE = new URL("../plan/_fake_vmshift.ts", import.meta.url).pathname;
 
@@ -241,5 +242,55 @@ vms: [{ name: slow }]
   child.kill("SIGTERM");
   assertEquals((await child.status).code, 143);
   await seen.rest;
+  await sb.assertNothingLeft();
+});
+
+Deno.test("a plan into the oVirt test servers with -o rhv: each VM created once, a failing one leaves nothing", async () => {
+  await using sb = await Sandbox.create();
+  await using ovirt = await startOvirt({ dir: sb.work, existingVms: ["taken"] });
+  const names = ["db", "app", "web", "taken"];
+  for (const [i, n] of names.entries()) {
+    await makeTestImage(`${sb.work}/${n}.qcow2`, {
+      format: "qcow2",
+      virtualSize: 16 << 20,
+      dataBytes: 1 << 20,
+      seed: i + 7,
+    });
+  }
+  const plan = `${sb.work}/plan.yaml`;
+  await Deno.writeTextFile(
+    plan,
+    `defaults:
+  input: { mode: disk }
+  output:
+    mode: rhv
+    conn: ${ovirt.engineUrl}
+    passwordFile: ${ovirt.passwordFile}
+    storage: data
+    options: { rhv-cafile: ${ovirt.caFile}, rhv-cluster: Default }
+  convert: false
+limits: { total: 3, perStorageDomain: 2 }
+retry: { attempts: 1 }
+vms:
+${names.map((n) => `  - { name: ${n}, input: { args: [${sb.work}/${n}.qcow2] } }`).join("\n")}
+`,
+  );
+  const r = await sb.run(["schedule", plan]);
+  assertEquals(r.code, 1, r.stdout + r.stderr);
+  assert(r.stdout.includes("3 done, 1 failed, 0 pending"), r.stdout);
+  for (const n of ["db", "app", "web"]) {
+    assertEquals(ovirt.vms().filter((v) => v.name === n).length, 1, `${n} on the engine`);
+  }
+  // One disk per migrated VM, with the source's content; none left of the failed one.
+  const disks = ovirt.disks();
+  assertEquals(disks.length, 3, JSON.stringify(disks.map((d) => d.name)));
+  for (const d of disks) {
+    const vm = names.find((n) => d.name.startsWith(n))!;
+    await assertSameContent(`${sb.work}/${vm}.qcow2`, d.path);
+  }
+  const st = JSON.parse((await sb.run(["status", plan, "--machine-readable"])).stdout);
+  const taken = st.vms.find((v: { name: string }) => v.name === "taken");
+  assertEquals(taken.state, "failed");
+  assert(/taken/.test(taken.reason) && /exist/i.test(taken.reason), taken.reason);
   await sb.assertNothingLeft();
 });

@@ -310,3 +310,31 @@ Deno.test("an interrupt stops every run and leaves it pending", async () => {
     assertEquals(store.get("a")!.failures, 0);
   });
 });
+
+Deno.test("a window's bandwidth goes to every run and caps the rate the window fit expects", async () => {
+  await withStore(async (store) => {
+    // 80 Mbit/s = 10 MiB/s: 20 MiB fits in the 5 s left, 100 MiB does not (at 1 GiB/s assumed
+    // both would).
+    const p = plan(`
+assumedRate: 1G
+limits: { total: 2 }
+vms: [{ name: fits, size: 20M }, { name: too-big, size: 100M }]
+`);
+    const fake = fakeLauncher({ fits: [{ hang: true }] });
+    const end = Date.now() + 5000;
+    const windows: Windows = {
+      current: (now) => (now < end ? { name: "office", end, bandwidth: 80 * 2 ** 20 } : undefined),
+      watch() {},
+    };
+    const stop = new AbortController();
+    const t = setTimeout(() => stop.abort(), 200);
+    await scheduler(p, store, { launcher: fake.launcher, windows }).run(stop.signal);
+    clearTimeout(t);
+    assertEquals(fake.started.map((x) => x.vm), ["fits"]);
+    const args = fake.started[0]!.args;
+    const i = args.indexOf("--bandwidth");
+    assert(i > 0 && i < args.indexOf("--"), args.join(" "));
+    assertEquals(args[i + 1], String(80 * 2 ** 20));
+    assert(store.get("too-big")!.reason!.includes("100.0 MiB at 10.0 MiB/s"));
+  });
+});
