@@ -95,6 +95,8 @@ try {
     refill_ms_max: Math.max(...gaps),
     scheduler_busy_ms: result.busy_ms,
     spawn_ms: result.spawn_ms,
+    scheduler_cpu_ms: result.cpu_ms,
+    cpu_percent: Math.round((result.cpu_ms / result.wall_ms) * 10000) / 100,
     overhead_percent: Math.round((result.busy_ms / result.wall_ms) * 10000) / 100,
   };
   if (values.json) console.log(JSON.stringify(figures));
@@ -114,6 +116,10 @@ try {
     console.log(
       `scheduler busy ${figures.scheduler_busy_ms} ms of ${result.wall_ms} ms: ` +
         `${figures.overhead_percent} % overhead (${result.spawn_ms} ms of it spawning children)`,
+    );
+    console.log(
+      `scheduler CPU time (whole process, start-up included): ${result.cpu_ms} ms, ` +
+        `${figures.cpu_percent} % of the wall time`,
     );
   }
 } finally {

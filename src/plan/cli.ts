@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { hostname } from "node:os";
 import { errorMessage, EXIT, UsageError } from "../errors.ts";
 import { basename } from "node:path";
+import { cpuUsage } from "node:process";
 import { formatBytes, formatDuration } from "../progress.ts";
 import { nextOpening } from "./cron.ts";
 import {
@@ -447,6 +448,8 @@ async function schedule(
         busy_ms: Math.round(s.busyMs * 10) / 10,
         spawn_ms: Math.round(s.spawnMs * 10) / 10,
         wall_ms: s.wallMs,
+        // CPU time of this process (the scheduler; children not included), user + system.
+        cpu_ms: Math.round((cpuUsage().user + cpuUsage().system) / 1000),
       }));
     } else log(summary);
     if (signal) return signal === "SIGINT" ? EXIT.sigint : EXIT.sigterm;
