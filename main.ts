@@ -8,6 +8,7 @@
  */
 
 import { HELP, parseCli } from "./src/cli.ts";
+import { isSubcommand, PLAN_HELP, runSubcommand } from "./src/plan/cli.ts";
 import { EXIT, InterruptedError, UsageError } from "./src/errors.ts";
 import { INPUT_MODES } from "./src/input/mod.ts";
 import { OUTPUT_MODES } from "./src/output/mod.ts";
@@ -41,6 +42,8 @@ export const CAPABILITIES: readonly string[] = [
  * @returns The exit code.
  */
 export async function main(argv: readonly string[]): Promise<number> {
+  // `vmshift plan|schedule|status PLAN`; a command line with -i is always one migration.
+  if (isSubcommand(argv)) return await runSubcommand(argv);
   let cli;
   try {
     cli = parseCli(argv);
@@ -52,7 +55,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     throw e;
   }
   if (cli.help) {
-    console.log(HELP);
+    console.log(HELP + "\n" + PLAN_HELP);
     return EXIT.ok;
   }
   if (cli.version) {
@@ -85,6 +88,10 @@ export async function main(argv: readonly string[]): Promise<number> {
   };
   const handlers = { SIGINT: onSignal("SIGINT"), SIGTERM: onSignal("SIGTERM") };
   for (const [sig, h] of Object.entries(handlers)) Deno.addSignalListener(sig as Deno.Signal, h);
+  // A run started by `vmshift schedule` stops (and cleans up) when its scheduler dies, so that
+  // the VM the scheduler's successor retries is not migrated twice.
+  const scheduler = Number(Deno.env.get("VMSHIFT_SCHEDULER_PID"));
+  const parentWatch = scheduler ? watchParent(scheduler, handlers.SIGTERM) : undefined;
   try {
     await migrate(cli, reporter, controller.signal);
     return EXIT.ok;
@@ -102,11 +109,48 @@ export async function main(argv: readonly string[]): Promise<number> {
     if (cli.verbose && e instanceof Error && e.stack) reporter.debug(e.stack);
     return EXIT.failure;
   } finally {
+    clearInterval(parentWatch);
     for (const [sig, h] of Object.entries(handlers)) {
       Deno.removeSignalListener(sig as Deno.Signal, h);
     }
     killAll();
   }
+}
+
+/**
+ * Calls `onDeath` once this process's parent is no longer `parent` (it died, perhaps even
+ * before this process got here: compared with the pid the parent gave, not with the parent
+ * found at start).
+ * @param parent The scheduler's process id.
+ * @param onDeath What to do.
+ * @returns The polling interval, to clear.
+ */
+function watchParent(
+  parent: number,
+  onDeath: () => void,
+): ReturnType<typeof setInterval> | undefined {
+  const ppid = () => {
+    try {
+      // /proc/self/stat: "pid (comm) state ppid ..."; comm may hold spaces and parentheses.
+      const stat = Deno.readTextFileSync("/proc/self/stat");
+      return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    } catch {
+      return undefined;
+    }
+  };
+  if (ppid() === undefined) return undefined;
+  if (ppid() !== parent) {
+    queueMicrotask(onDeath);
+    return undefined;
+  }
+  const t = setInterval(() => {
+    if (ppid() !== parent) {
+      clearInterval(t);
+      onDeath();
+    }
+  }, 250);
+  Deno.unrefTimer(t);
+  return t;
 }
 
 if (import.meta.main) {

@@ -22,6 +22,8 @@ packages=(
   rpm                # the phony Fedora test guest carries a real (empty-package) RPM database
   golang-go          # builds tests/vcsim, the vCenter simulator the -i vsphere tests use
   golang-github-vmware-govmomi-dev # govmomi's simulator library (vcsim's engine) for it
+  postgresql         # the multi-host scheduler tests start a PostgreSQL server on 127.0.0.1
+  chromium           # the status page test drives a headless Chromium (npm:playwright-core)
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
