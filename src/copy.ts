@@ -70,6 +70,13 @@ export interface CopyTarget {
   /** Largest zero request the target accepts in one go. */
   readonly maxZeroSize: number;
   /**
+   * The smallest run of zeroes, inside data that was read, worth a zero request (or a hole)
+   * of its own instead of being written as bytes. Small for local files, where a zero request
+   * is a cheap hole punch; large for targets where each request is a round trip.
+   * @default 4096 (a filesystem block: zeroed blocks inside a guest's data become holes)
+   */
+  readonly zeroGranule?: number;
+  /**
    * Opens one more connection to the target.
    * @param signal Aborts the connection attempt.
    * @param source Reads the source again, for targets that must resend lost writes.
@@ -196,6 +203,7 @@ export async function copyDisk(
   }
 
   const chunk = Math.min(requestSize, first.maxBlockSize);
+  const granule = target.zeroGranule ?? 4096;
   const result: CopyResult = {
     size,
     dataBytes: 0,
@@ -252,16 +260,16 @@ export async function copyDisk(
           } else {
             const view = buffer.subarray(0, length);
             await from.readInto(offset, view);
-            if (isZero(view)) {
-              if (!target.readsZeroes) {
-                await writer.zero(offset, length);
-                result.zeroBytes += length;
+            for (const [start, end, zero] of zeroRuns(view, offset, granule)) {
+              if (!zero) {
+                await writer.write(offset + start, view.subarray(start, end));
+                result.dataBytes += end - start;
+              } else if (!target.readsZeroes) {
+                await writer.zero(offset + start, end - start);
+                result.zeroBytes += end - start;
               } else {
-                result.skippedBytes += length;
+                result.skippedBytes += end - start;
               }
-            } else {
-              await writer.write(offset, view);
-              result.dataBytes += length;
             }
           }
           done += length;
@@ -344,6 +352,52 @@ async function* plan(
 }
 
 /**
+ * Splits data that was read into runs of data and runs of zeroes, granule by granule (granules
+ * aligned to the disk), so that zeroed filesystem blocks inside data become zero requests or
+ * holes instead of bytes, as nbdcopy's sparse detection does.
+ *
+ * @param buf The bytes read.
+ * @param offset Where they are on the disk.
+ * @param granule The smallest zero run split out.
+ * @returns `[start, end, zero]` runs covering the buffer, alternating.
+ * @example
+ * ```ts
+ * import { zeroRuns } from "./copy.ts";
+ * const buf = new Uint8Array(3 * 4096);
+ * buf[5000] = 1;
+ * const runs = [...zeroRuns(buf, 0, 4096)];
+ * if (JSON.stringify(runs) !== "[[0,4096,true],[4096,8192,false],[8192,12288,true]]") {
+ *   throw new Error();
+ * }
+ * ```
+ */
+export function* zeroRuns(
+  buf: Uint8Array,
+  offset: number,
+  granule: number,
+): Generator<[start: number, end: number, zero: boolean]> {
+  if (isZero(buf)) {
+    if (buf.length) yield [0, buf.length, true];
+    return;
+  }
+  // Granules are aligned to the disk, not to the buffer.
+  let runStart = 0;
+  let runZero: boolean | undefined;
+  let pos = 0;
+  while (pos < buf.length) {
+    const end = Math.min(buf.length, pos + granule - ((offset + pos) % granule));
+    const zero = isZero(buf.subarray(pos, end));
+    if (runZero !== undefined && zero !== runZero) {
+      yield [runStart, pos, runZero];
+      runStart = pos;
+    }
+    runZero = zero;
+    pos = end;
+  }
+  yield [runStart, buf.length, runZero!];
+}
+
+/**
  * Tells whether a buffer holds only zero bytes, 4 bytes at a time where aligned.
  *
  * @param buf The buffer.
@@ -351,7 +405,7 @@ async function* plan(
  * @example
  * ```ts
  * import { isZero } from "./copy.ts";
- * if (!isZero(new Uint8Array(4096))) throw new Error();
+ * if (!isZero(new Uint8Array(8)) || isZero(new Uint8Array([0, 1]))) throw new Error();
  * ```
  */
 export function isZero(buf: Uint8Array): boolean {

@@ -83,8 +83,10 @@ Deno.test("copy onto a target that reads zeroes: data as bytes, holes skipped", 
   const result = await copyDisk(server.uri, target, { requestSize: 1 * MiB });
   assertBytesEqual(got, expected());
   const written = target.ops.filter((o) => o.op === "write").reduce((n, o) => n + o.length, 0);
-  // The last 512 bytes are read as one 64 KiB qcow2 cluster: extents have cluster granularity.
-  assertEquals(written, 3 * MiB + 64 * 1024, "only the data travels as bytes");
+  // The last 512 bytes are read as one 64 KiB qcow2 cluster (extents have cluster
+  // granularity), and zeroes inside what was read are found 4 KiB at a time: of that cluster
+  // only the 4 KiB granule holding the data travels.
+  assertEquals(written, 3 * MiB + 4096, "only the data travels as bytes");
   assertEquals(result.dataBytes, written);
   // qemu reports qcow2 zero clusters as holes that read zeroes, so they are skipped like the
   // never-written space; the zero bytes written as data are read, found zero, and skipped.
@@ -106,8 +108,44 @@ Deno.test("copy onto a target that does not read zeroes: every zero range is a z
   const result = await copyDisk(server.uri, target, {});
   assertBytesEqual(got, expected());
   assertEquals(result.skippedBytes, 0);
-  assertEquals(result.dataBytes, 3 * MiB + 64 * 1024);
-  assertEquals(result.zeroBytes, 64 * MiB - 3 * MiB - 64 * 1024);
+  assertEquals(result.dataBytes, 3 * MiB + 4096);
+  assertEquals(result.zeroBytes, 64 * MiB - 3 * MiB - 4096);
+});
+
+Deno.test("copy splits zeroed blocks out of data, at the target's granule", async () => {
+  await using dir = await TempDir.create();
+  const path = dir.join("src.raw");
+  await run("qemu-img", ["create", "-q", "-f", "raw", path, "1M"]);
+  // One 1 MiB data extent (zero bytes written, so allocated) with data in blocks 0, 2 and 200.
+  await run("qemu-io", [
+    "-f",
+    "raw",
+    "-c",
+    "write -P 0 0 1M",
+    "-c",
+    "write -P 0x11 0 4k",
+    "-c",
+    "write -P 0x22 8k 4k",
+    "-c",
+    "write -P 0x33 800k 4k",
+    path,
+  ]);
+  await using server = await serveQemuNbd(path, {
+    socket: dir.join("s.sock"),
+    format: "raw",
+    readOnly: true,
+  });
+  const fine = recorder(false, new Uint8Array(MiB));
+  const r = await copyDisk(server.uri, fine, { connections: 1 });
+  assertEquals(r.dataBytes, 3 * 4096);
+  assertEquals(
+    fine.ops.filter((o) => o.op === "write").map((o) => [o.offset, o.length]),
+    [[0, 4096], [8192, 4096], [800 * 1024, 4096]],
+  );
+  // A target whose requests are costly (imageio) splits out only large zero runs.
+  const coarse = { ...recorder(false, new Uint8Array(MiB)), zeroGranule: 64 * 1024 };
+  const c = await copyDisk(server.uri, coarse, { connections: 1 });
+  assertEquals(c.dataBytes, 2 * 64 * 1024);
 });
 
 Deno.test("copy reports progress up to the whole size", async () => {

@@ -215,6 +215,8 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
   }
   /** Largest zero request. */
   readonly maxZeroSize: number = 1024 * MiB;
+  /** Each request is an HTTP round trip: only large zero runs are worth one of their own. */
+  readonly zeroGranule: number = MiB;
   /** What the server offers. */
   readonly features: ImageioFeatures;
   /** The server, `https://HOST:PORT`. */
