@@ -57,7 +57,7 @@ const MAC = /([0-9a-f]{2}(?::[0-9a-f]{2}){5})/i;
  * const r = dropPersistentNetRules(
  *   'SUBSYSTEM=="net", ATTR{address}=="00:50:56:aa:bb:cc", DRIVERS=="vmxnet3", NAME="ens192"\n',
  * );
- * if (r.text !== "\n" || r.nics[0]?.name !== "ens192") throw new Error();
+ * if (r.text !== "" || r.nics[0]?.name !== "ens192") throw new Error();
  * ```
  */
 export function dropPersistentNetRules(text: string): RulesEdit {
