@@ -56,7 +56,9 @@ Deno.test({
   async fn() {
     await using sb = await Sandbox.create();
     const plan = await writePlan(sb);
-    const child = startScheduler(sb, [plan, "--listen", "127.0.0.1:0"], 6000);
+    // Runs long enough that alpha still runs once Chromium is up, even on a loaded machine
+    // (CI once took over 10 s to get there with 6 s runs).
+    const child = startScheduler(sb, [plan, "--listen", "127.0.0.1:0"], 20_000);
     const stderr = new Response(child.stderr).text();
     const seen = await readUntil(child, (l) => l.includes("Status page: "));
     const url = seen.lines.at(-1)!.match(/(http:\/\/127\.0\.0\.1:\d+\/)/)![1]!;
@@ -70,7 +72,7 @@ Deno.test({
       const page = await browser.newPage();
       await page.goto(url);
       const row = (vm: string) => page.locator(`tr[data-vm="${vm}"]`);
-      await row("alpha").locator("td", { hasText: "running" }).waitFor({ timeout: 10_000 });
+      await row("alpha").locator("td", { hasText: "running" }).waitFor({ timeout: 60_000 });
       // The page updates on its own: alpha's progress grows while it runs.
       const progress = async () =>
         Number((await row("alpha").locator("td.progress").textContent())!.trim().replace("%", ""));
@@ -84,7 +86,7 @@ Deno.test({
       // Rate and ETA of a running VM are shown.
       assert(/\/s$/.test((await row("alpha").locator("td").nth(3).textContent())!));
       // The failure, with vmshift's reason.
-      await page.locator('tr[data-vm="broken"].failed').waitFor({ timeout: 10_000 });
+      await page.locator('tr[data-vm="broken"].failed').waitFor({ timeout: 60_000 });
       const reason = await row("broken").locator("td.reason").textContent();
       assert(reason!.includes("the target refused the write"), reason!);
       // The chart draws the throughput.
