@@ -22,6 +22,8 @@ packages=(
   rpm                # the phony Fedora test guest carries a real (empty-package) RPM database
   golang-go          # builds tests/vcsim, the vCenter simulator the -i vsphere tests use
   golang-github-vmware-govmomi-dev # govmomi's simulator library (vcsim's engine) for it
+  libwin-hivex-perl  # hivexregedit: the phony Windows guests' hives are filled and read with it
+  virt-v2v           # the Windows conversion test compares its registry changes with virt-v2v's
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
