@@ -15,6 +15,7 @@ import { Sandbox } from "./_harness.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
 import { makeVirtioWinTree } from "../../scripts/make_virtio_win_tree.ts";
 import { NIC_GUID, VMWARE_TOOLS_GUID } from "../../scripts/make_windows_guest.ts";
+import { makeVmwareFixture } from "../../scripts/make_vmware_fixture.ts";
 
 /** A registry export: lower-cased key path → value name → `type:data` as hivexregedit prints. */
 type Registry = Map<string, { path: string; values: Map<string, string> }>;
@@ -205,6 +206,8 @@ async function readOutputs(disks: string[], dir: string): Promise<Converted[]> {
 
 interface Case {
   guest: GuestName;
+  /** Convert from a VMware VM directory (-i vmx) with one NIC of this MAC, not -i disk. */
+  vmxMac?: string;
   /** virtio-win releases in the tree given to both tools; empty: no drivers. */
   tree: "all" | "none";
   args?: string[];
@@ -216,7 +219,7 @@ const CASES: Case[] = [
     tree: "all",
     args: ["--mac", "52:54:00:aa:bb:cc:ip:10.0.0.5,10.0.0.1,24,10.0.0.2"],
   },
-  { guest: "phony-srv2019", tree: "all" },
+  { guest: "phony-srv2019", tree: "all", vmxMac: "00:50:56:aa:bb:cc" },
   { guest: "phony-win7x86", tree: "all" },
   { guest: "phony-srv2022", tree: "none" },
 ];
@@ -237,12 +240,23 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
     await t.step(`vmshift converts ${c.guest}`, async () => {
       const out = `${box.work}/out-${c.guest}`;
       await Deno.mkdir(out);
+      const input = c.vmxMac
+        ? [
+          "-i",
+          "vmx",
+          (await makeVmwareFixture(`${box.work}/vmx-${c.guest}`, {
+            name: c.guest,
+            disks: [{ image: sources.get(c.guest)!, subformat: "vmfs" }],
+            guestOS: "windows2019srv-64",
+            nics: [{ network: "VM Network", mac: c.vmxMac }],
+            cdrom: false,
+          })).vmx,
+        ]
+        : ["-i", "disk", sources.get(c.guest)!];
       const started = Date.now();
       const r = await box.run(
         [
-          "-i",
-          "disk",
-          sources.get(c.guest)!,
+          ...input,
           "-o",
           "local",
           "-os",
@@ -404,7 +418,7 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
         'pnputil.exe /add-driver "C:\\Windows\\Drivers\\VirtIO\\*.inf" /install',
       );
       assertStringIncludes(fb, 'msiexec.exe /i "C:\\Windows\\Drivers\\VirtIO\\qemu-ga.msi"');
-      assertStringIncludes(fb, "online disk noerr");
+      assertStringIncludes(fb, "Set-Disk -IsOffline $false");
       assertStringIncludes(
         fb,
         'powershell.exe -NoProfile -ExecutionPolicy Bypass -File "%HERE%\\ip0.ps1"',
@@ -439,22 +453,29 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
       ours.firstboot ?? "",
       'pnputil.exe -i -a "C:\\Windows\\Drivers\\VirtIO\\*.inf"',
     );
+    assertStringIncludes(ours.firstboot ?? "", "online disk noerr");
     assert(ours.files.includes("/Windows/Drivers/VirtIO/qemu-ga.msi"));
   });
 
   await t.step(
-    "Server 2019 gets the 2k19 drivers; the old NIC's static IP needs a MAC to map",
-    () => {
+    "Server 2019 gets the 2k19 drivers; the old NIC's static IP goes to the NIC with its MAC",
+    async () => {
       const report = outputs["phony-srv2019"]!.report;
       assertStringIncludes(report, "/viostor/2k19/amd64");
+      // From the VMX: one NIC with a MAC, and the guest's one static configuration.
+      assertStringIncludes(report, "set 192.168.122.50/24 on the NIC 00:50:56:aa:bb:cc");
+      const { ours, source } = results.get("phony-srv2019")!;
+      assert(ours.files.includes("/Program Files/vmshift/firstboot/ip0.ps1"));
+      // The guest's configuration it came from (and which Windows keeps for the old NIC).
+      const nic =
+        `controlset001\\services\\tcpip\\parameters\\interfaces\\${NIC_GUID.toLowerCase()}`;
+      assertEquals(source.system.get(nic)?.values.get("EnableDHCP"), "dword:00000000");
       // -i disk knows no NICs: the static address cannot be placed, and the report says how.
-      assertStringIncludes(report, "192.168.122.50/24");
-      assertStringIncludes(report, "--mac MAC:ip:");
-      assert(
-        results.get("phony-srv2019")!.source.system.has(
-          `controlset001\\services\\tcpip\\parameters\\interfaces\\${NIC_GUID.toLowerCase()}`,
-        ),
-      );
+      const win7 = outputs["phony-win7x86"]!.report;
+      assertStringIncludes(win7, "static IPv4 configurations (192.168.122.50/24) and 0 NICs");
+      assertStringIncludes(win7, "--mac MAC:ip:");
+      assert(!results.get("phony-win7x86")!.ours.files.some((f) => f.endsWith(".ps1")));
+      await Promise.resolve();
     },
   );
 

@@ -214,12 +214,18 @@ function batchScript(guest: WindowsGuest, plan: FirstbootPlan, restore: string[]
       }" /qn /norestart /l*v "%SystemRoot%\\vmshift-qemu-ga.log"`,
     );
   }
+  // Windows 8 / 2012 and later: the Storage module, whose output does not depend on the
+  // display language. Windows 7 / 2008 R2: diskpart, one disk at a time (its "list disk"
+  // output is localized: only English and "Disc"-spelling locales are matched).
+  const modern = guest.major > 6 || (guest.major === 6 && guest.minor >= 2);
   step(
     "bring all disks online",
     'diskpart.exe /s "%HERE%\\san.txt"',
-    `for /f "tokens=2" %%d in ('diskpart.exe /s "%HERE%\\list.txt" ^| findstr /r /c:"^ *Dis[ck] [0-9]"') do (` +
-      `(echo select disk %%d& echo online disk noerr& echo attributes disk clear readonly noerr) > "%TEMP%\\vmshift-disk.txt"& ` +
-      `diskpart.exe /s "%TEMP%\\vmshift-disk.txt")`,
+    modern
+      ? 'powershell.exe -NoProfile -ExecutionPolicy Bypass -Command "Get-Disk | Where-Object { $_.IsOffline } | Set-Disk -IsOffline $false; Get-Disk | Where-Object { $_.IsReadOnly } | Set-Disk -IsReadOnly $false"'
+      : `for /f "tokens=2" %%d in ('diskpart.exe /s "%HERE%\\list.txt" ^| findstr /r /c:"^ *Dis[ck] [0-9]"') do (` +
+        `(echo select disk %%d& echo online disk noerr& echo attributes disk clear readonly noerr) > "%TEMP%\\vmshift-disk.txt"& ` +
+        `diskpart.exe /s "%TEMP%\\vmshift-disk.txt")`,
   );
   plan.staticIps.forEach((ip, i) => {
     step(
