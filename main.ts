@@ -32,6 +32,8 @@ export const CAPABILITIES: readonly string[] = [
   "vddk",
   ...OUTPUT_MODES.map((m) => `output:${m}`),
   "convert:linux",
+  "convert:windows",
+  "mac-ip-option",
   "bandwidth-option",
 ];
 

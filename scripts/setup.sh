@@ -24,6 +24,8 @@ packages=(
   golang-github-vmware-govmomi-dev # govmomi's simulator library (vcsim's engine) for it
   postgresql         # the multi-host scheduler tests start a PostgreSQL server on 127.0.0.1
   chromium           # the status page test drives a headless Chromium (npm:playwright-core)
+  libwin-hivex-perl  # hivexregedit: the phony Windows guests' hives are filled and read with it
+  virt-v2v           # the Windows conversion test compares its registry changes with virt-v2v's
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

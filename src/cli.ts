@@ -9,7 +9,7 @@
 
 import { parseArgs } from "node:util";
 import { UsageError } from "./errors.ts";
-import type { RootChoice } from "./convert/mod.ts";
+import { parseMacIp, type RootChoice, type StaticIp } from "./convert/mod.ts";
 import type { InputCli } from "./input/types.ts";
 import type { OutputCli } from "./output/types.ts";
 
@@ -41,6 +41,8 @@ export interface Cli {
   root: RootChoice;
   /** Trim filesystems after conversion (false with `--no-fstrim`). */
   fstrim: boolean;
+  /** `--mac MAC:ip:ADDR,GW,LEN,DNS...`: static IPs for the new NICs (Windows guests). */
+  staticIps: StaticIp[];
 }
 
 /** Options with two letters after one dash, as virt-v2v spells them. */
@@ -79,6 +81,7 @@ const OPTIONS = {
   parallel: { type: "string" },
   root: { type: "string" },
   "no-fstrim": { type: "boolean" },
+  mac: { type: "string", multiple: true },
   "no-convert": { type: "boolean" },
   "machine-readable": { type: "boolean" },
   "print-source": { type: "boolean" },
@@ -138,6 +141,7 @@ export function parseCli(argv: readonly string[]): Cli {
     convert: !(v["no-convert"] ?? false),
     root: parseRoot(v.root ?? "ask"),
     fstrim: !(v["no-fstrim"] ?? false),
+    staticIps: parseMacs(v.mac ?? []),
   };
 
   const inputOnly = ["ic", "if", "io", "ip", "it"] as const;
@@ -190,6 +194,20 @@ export function parseCli(argv: readonly string[]): Cli {
     cli.output = output;
   }
   return cli;
+}
+
+/** Parses every `--mac`; the `network:`/`bridge:` forms are accepted and have no effect yet. */
+function parseMacs(specs: readonly string[]): StaticIp[] {
+  const out: StaticIp[] = [];
+  for (const spec of specs) {
+    try {
+      const ip = parseMacIp(spec);
+      if (ip) out.push(ip);
+    } catch (e) {
+      throw new UsageError(e instanceof Error ? e.message : String(e));
+    }
+  }
+  return out;
 }
 
 /**
@@ -350,6 +368,9 @@ Conversion (the guest is changed in an overlay, never in the source):
                       Which operating system to convert when the disks hold several
                       (default ask: asks on a terminal, fails otherwise)
   --no-fstrim         Do not trim the filesystems (copies deleted data too)
+  --mac MAC:ip:ADDR,GW,LEN,DNS...
+                      Static IPv4 settings for the NIC with that MAC, applied at the first
+                      boot (Windows guests; by default the old NIC's static settings)
   --no-convert        Copy the disks unchanged (data disks, guests converted already)
 
 Messages:

@@ -78,10 +78,12 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       message: (m) => reporter.message(m),
       verbose: cli.verbose,
       trace: cli.trace,
+      staticIps: cli.staticIps,
       // --root ask asks only where someone can answer.
       ...(Deno.stdin.isTerminal() ? { ask: (question: string) => prompt(question) } : {}),
     });
     reporter.conversion(report);
+    if (report.devices) vm.targetDevices = report.devices;
   }
 
   reporter.message(`Setting up the destination: ${output.description}`);

@@ -64,6 +64,12 @@ export interface Vm {
   disks: Disk[];
   /** Network interfaces. */
   nics: Nic[];
+  /**
+   * Set by conversion when the guest has drivers only for emulated devices (a Windows guest
+   * without virtio-win drivers): outputs then attach disks on SATA and NICs as e1000.
+   * Undefined means virtio.
+   */
+  targetDevices?: { disk: "virtio-blk" | "sata"; nic: "virtio" | "e1000" };
 }
 
 /** Default memory for inputs that cannot tell (`-i disk`): 2 GiB, as virt-v2v uses. */

@@ -6,10 +6,11 @@
  * | `debian12`     | `scripts/make_debian_guest.sh`         | bootable Debian 12 as VMware leaves it (~3 min to build) |
  * | `phony-debian` | `scripts/make_phony_guest.sh … debian` | inspectable, not bootable (~20 s)    |
  * | `phony-fedora` | `scripts/make_phony_guest.sh … fedora` | inspectable, not bootable (~20 s)    |
+ * | `phony-win10`, `phony-srv2019`, `phony-srv2022`, `phony-win7x86`, `phony-hibernated`, `phony-bitlocker` | `scripts/make_windows_guest.ts … VARIANT` | inspectable Windows, not bootable (~20 s) |
  *
  * Images live in `$VMSHIFT_GUEST_CACHE` (default `/var/cache/vmshift/guests`), named
- * `<name>-<key>.img` where the key is the start of the SHA-256 of the builder script: editing a
- * builder rebuilds its guests, and a fresh clone of the repository (CI) reuses what an earlier
+ * `<name>-<key>.img` where the key is the start of the SHA-256 of the builder script and of
+ * the files it builds with (`inputs`): editing them rebuilds its guests, and a fresh clone of the repository (CI) reuses what an earlier
  * run on the same machine built. A build runs under a per-name lock file, so concurrent tests
  * wait for one build instead of racing; the builder writes a temporary file and renames it, so
  * an image that exists is complete.
@@ -23,11 +24,31 @@
 
 import { fileURLToPath } from "node:url";
 
+/** What the Windows builder is made of besides itself (its hives come from our own code). */
+const WINDOWS_INPUTS = ["scripts/_regf.ts", "src/convert/windows/registry.ts"] as const;
+
 const BUILDERS = {
   "debian12": { script: "make_debian_guest.sh", args: [] },
   "phony-debian": { script: "make_phony_guest.sh", args: ["debian"] },
   "phony-fedora": { script: "make_phony_guest.sh", args: ["fedora"] },
-} as const satisfies Record<string, { script: string; args: readonly string[] }>;
+  "phony-win10": { script: "make_windows_guest.ts", args: ["win10"], inputs: WINDOWS_INPUTS },
+  "phony-srv2019": { script: "make_windows_guest.ts", args: ["srv2019"], inputs: WINDOWS_INPUTS },
+  "phony-srv2022": { script: "make_windows_guest.ts", args: ["srv2022"], inputs: WINDOWS_INPUTS },
+  "phony-win7x86": { script: "make_windows_guest.ts", args: ["win7x86"], inputs: WINDOWS_INPUTS },
+  "phony-hibernated": {
+    script: "make_windows_guest.ts",
+    args: ["hibernated"],
+    inputs: WINDOWS_INPUTS,
+  },
+  "phony-bitlocker": {
+    script: "make_windows_guest.ts",
+    args: ["bitlocker"],
+    inputs: WINDOWS_INPUTS,
+  },
+} as const satisfies Record<
+  string,
+  { script: string; args: readonly string[]; inputs?: readonly string[] }
+>;
 
 /** The test guests that {@linkcode guestImage} can build. */
 export type GuestName = keyof typeof BUILDERS;
@@ -61,7 +82,13 @@ export function guestCacheDir(): string {
  * ```
  */
 export async function guestCacheKey(name: GuestName): Promise<string> {
-  const script = await Deno.readFile(builderPath(name));
+  const builder = BUILDERS[name];
+  const parts = [await Deno.readFile(builderPath(name))];
+  for (const input of "inputs" in builder ? builder.inputs : []) {
+    parts.push(await Deno.readFile(fileURLToPath(new URL(`../${input}`, import.meta.url))));
+  }
+  const script = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  parts.reduce((at, p) => (script.set(p, at), at + p.length), 0);
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", script));
   return Array.from(digest.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join("");
 }
@@ -144,8 +171,9 @@ async function build(name: GuestName, out: string, signal?: AbortSignal): Promis
   };
   // setsid: the builder leads its own process group, so an abort stops debootstrap & co.
   // too; pdeathsig: it is told to stop (and clean up) if this test process dies.
+  const runner = script.endsWith(".ts") ? [Deno.execPath(), "run", "-A"] : ["bash"];
   const child = new Deno.Command("setpriv", {
-    args: ["--pdeathsig", "SIGTERM", "--", "setsid", "bash", script, out, ...args],
+    args: ["--pdeathsig", "SIGTERM", "--", "setsid", ...runner, script, out, ...args],
     stdin: "null",
     stdout: "piped",
     stderr: "piped",

@@ -128,6 +128,10 @@ const GUESTFS_SYMBOLS = {
   guestfs_fstrim_argv: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
   // files
   guestfs_read_file: { parameters: ["pointer", "buffer", "buffer"], result: "pointer" },
+  guestfs_pread: {
+    parameters: ["pointer", "buffer", "i32", "i64", "buffer"],
+    result: "pointer",
+  },
   guestfs_cat: { parameters: ["pointer", "buffer"], result: "pointer" },
   guestfs_write: { parameters: ["pointer", "buffer", "buffer", "usize"], result: "i32" },
   guestfs_upload: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
@@ -169,6 +173,27 @@ const GUESTFS_SYMBOLS = {
   guestfs_command_lines: { parameters: ["pointer", "buffer"], result: "pointer" },
   guestfs_sh: { parameters: ["pointer", "buffer"], result: "pointer" },
   guestfs_sh_lines: { parameters: ["pointer", "buffer"], result: "pointer" },
+  // Windows registry hives (hivex inside the appliance)
+  guestfs_hivex_open_argv: { parameters: ["pointer", "buffer", "buffer"], result: "i32" },
+  guestfs_hivex_close: { parameters: ["pointer"], result: "i32" },
+  guestfs_hivex_commit: { parameters: ["pointer", "buffer"], result: "i32" },
+  guestfs_hivex_root: { parameters: ["pointer"], result: "i64" },
+  guestfs_hivex_node_name: { parameters: ["pointer", "i64"], result: "pointer" },
+  guestfs_hivex_node_children: { parameters: ["pointer", "i64"], result: "pointer" },
+  guestfs_hivex_node_get_child: { parameters: ["pointer", "i64", "buffer"], result: "i64" },
+  guestfs_hivex_node_parent: { parameters: ["pointer", "i64"], result: "i64" },
+  guestfs_hivex_node_values: { parameters: ["pointer", "i64"], result: "pointer" },
+  guestfs_hivex_node_get_value: { parameters: ["pointer", "i64", "buffer"], result: "i64" },
+  guestfs_hivex_value_key: { parameters: ["pointer", "i64"], result: "pointer" },
+  guestfs_hivex_value_type: { parameters: ["pointer", "i64"], result: "i64" },
+  guestfs_hivex_value_string: { parameters: ["pointer", "i64"], result: "pointer" },
+  guestfs_hivex_value_value: { parameters: ["pointer", "i64", "buffer"], result: "pointer" },
+  guestfs_hivex_node_set_value: {
+    parameters: ["pointer", "i64", "buffer", "i64", "buffer", "usize"],
+    result: "i32",
+  },
+  guestfs_hivex_node_add_child: { parameters: ["pointer", "i64", "buffer"], result: "i64" },
+  guestfs_hivex_node_delete_child: { parameters: ["pointer", "i64"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const LIBC_SYMBOLS = {
@@ -242,6 +267,7 @@ const OPTARGS = {
     ["label", "string"],
   ],
   aug_transform: [["remove", "int"]],
+  hivex_open: [["verbose", "int"], ["debug", "int"], ["write", "int"], ["unsafe", "int"]],
 } as const;
 
 type OptValue = string | number | boolean | readonly string[] | undefined;
@@ -257,11 +283,11 @@ interface SizeOut {
   readonly sizeOut: true;
 }
 
-/** One argument after the handle. */
-type Arg = string | number | boolean | readonly string[] | Uint8Array | OptArgs | SizeOut;
+/** One argument after the handle; `null` is a NULL pointer (an omitted string). */
+type Arg = string | number | boolean | readonly string[] | Uint8Array | OptArgs | SizeOut | null;
 
 /** How to read a return value and tell an error. */
-type Kind = "int" | "bool" | "string" | "strings" | "bytes" | "int64";
+type Kind = "int" | "bool" | "string" | "strings" | "bytes" | "int64" | "handles";
 
 interface KindValue {
   int: number;
@@ -270,6 +296,7 @@ interface KindValue {
   strings: string[];
   bytes: Uint8Array;
   int64: number;
+  handles: number[];
 }
 
 type Outcome =
@@ -341,11 +368,11 @@ function optargsStruct(spec: OptArgs, keep: unknown[]): Uint8Array<ArrayBuffer> 
 }
 
 function isOptArgs(a: Arg): a is OptArgs {
-  return typeof a === "object" && "optargs" in a;
+  return typeof a === "object" && a !== null && "optargs" in a;
 }
 
 function isSizeOut(a: Arg): a is SizeOut {
-  return typeof a === "object" && "sizeOut" in a;
+  return typeof a === "object" && a !== null && "sizeOut" in a;
 }
 
 /** Throws a TypeError for strings libguestfs would see cut short. */
@@ -395,6 +422,7 @@ function invoke(
   const keep: unknown[] = [];
   let sizeOut: BigUint64Array<ArrayBuffer> | undefined;
   const cArgs = args.map((a) => {
+    if (a === null) return null;
     if (typeof a === "string") return cString(a);
     if (typeof a === "number") return a;
     if (typeof a === "boolean") return a ? 1 : 0;
@@ -431,6 +459,22 @@ function invoke(
       const p = r as Deno.PointerValue;
       if (p === null) return fail();
       return { ok: true, value: readCStrings(libs, p) };
+    }
+    case "handles": {
+      // struct guestfs_hivex_{node,value}_list { uint32_t len; struct { int64_t h; } *val; }
+      const p = r as Deno.PointerValue;
+      if (p === null) return fail();
+      const list = new Deno.UnsafePointerView(p);
+      const len = list.getUint32(0);
+      const val = list.getPointer(8);
+      const handles: number[] = [];
+      if (val !== null) {
+        const items = new Deno.UnsafePointerView(val);
+        for (let i = 0; i < len; i++) handles.push(Number(items.getBigInt64(i * 8)));
+        libs.libc.symbols.free(val);
+      }
+      libs.libc.symbols.free(p);
+      return { ok: true, value: handles };
     }
     case "bytes": {
       const p = r as Deno.PointerValue;
@@ -1396,6 +1440,18 @@ export class Guestfs implements AsyncDisposable, Disposable {
   }
 
   /**
+   * Reads part of a file (`guestfs_pread`), e.g. the header of a file too big to read whole.
+   *
+   * @param path Path in the guest.
+   * @param count How many bytes, at most about 2 MiB.
+   * @param offset Where to start.
+   * @returns The bytes read; fewer than `count` at the end of the file.
+   */
+  pread(path: string, count: number, offset: number): Promise<Uint8Array> {
+    return this.#run("guestfs_pread", [path, count, offset, { sizeOut: true }], "bytes");
+  }
+
+  /**
    * Reads a text file from the guest (`guestfs_cat`); stops at the first NUL byte.
    *
    * @param path Path in the guest.
@@ -1706,6 +1762,186 @@ export class Guestfs implements AsyncDisposable, Disposable {
       [lens, file, { optargs: "aug_transform", values }],
       "int",
     );
+  }
+
+  // --- Windows registry hives ------------------------------------------------------------------
+
+  /**
+   * Opens a registry hive file of the mounted guest (`guestfs_hivex_open`); one hive at a time
+   * per handle. Node and value handles are numbers, valid until {@linkcode Guestfs.hivexClose}.
+   *
+   * @param path The hive in the guest, e.g. `/Windows/System32/config/SYSTEM`.
+   * @param options `write` opens it for changes, kept in the appliance until
+   *   {@linkcode Guestfs.hivexCommit}. @default { write: false }
+   */
+  async hivexOpen(path: string, options: { write?: boolean } = {}): Promise<void> {
+    const values: Record<string, OptValue> = { write: options.write ? true : undefined };
+    await this.#run("guestfs_hivex_open_argv", [path, { optargs: "hivex_open", values }], "int");
+  }
+
+  /** Closes the open hive (`guestfs_hivex_close`), dropping uncommitted changes. */
+  async hivexClose(): Promise<void> {
+    await this.#run("guestfs_hivex_close", [], "int");
+  }
+
+  /**
+   * Writes the changes of the open hive back to its file (`guestfs_hivex_commit`).
+   *
+   * @param path Write to this file instead of the opened one.
+   */
+  async hivexCommit(path?: string): Promise<void> {
+    await this.#run("guestfs_hivex_commit", [path ?? null], "int");
+  }
+
+  /**
+   * The root node of the open hive (`guestfs_hivex_root`).
+   *
+   * @returns Its node handle.
+   */
+  hivexRoot(): number {
+    return this.#call("guestfs_hivex_root", [], "int64");
+  }
+
+  /**
+   * The name of a node (`guestfs_hivex_node_name`).
+   *
+   * @param node A node handle.
+   * @returns Its name as stored (Windows compares names without case).
+   */
+  hivexNodeName(node: number): string {
+    return this.#call("guestfs_hivex_node_name", [node], "string");
+  }
+
+  /**
+   * The subkeys of a node (`guestfs_hivex_node_children`).
+   *
+   * @param node A node handle.
+   * @returns Their node handles.
+   */
+  hivexNodeChildren(node: number): number[] {
+    return this.#call("guestfs_hivex_node_children", [node], "handles");
+  }
+
+  /**
+   * One subkey by name, compared without case (`guestfs_hivex_node_get_child`).
+   *
+   * @param node A node handle.
+   * @param name The subkey's name.
+   * @returns Its node handle, or `undefined` if there is none.
+   */
+  hivexNodeGetChild(node: number, name: string): number | undefined {
+    const child = this.#call("guestfs_hivex_node_get_child", [node, name], "int64");
+    return child === 0 ? undefined : child;
+  }
+
+  /**
+   * The parent of a node (`guestfs_hivex_node_parent`).
+   *
+   * @param node A node handle other than the root.
+   * @returns The parent's node handle.
+   */
+  hivexNodeParent(node: number): number {
+    return this.#call("guestfs_hivex_node_parent", [node], "int64");
+  }
+
+  /**
+   * The values of a node (`guestfs_hivex_node_values`).
+   *
+   * @param node A node handle.
+   * @returns Their value handles.
+   */
+  hivexNodeValues(node: number): number[] {
+    return this.#call("guestfs_hivex_node_values", [node], "handles");
+  }
+
+  /**
+   * One value by name, compared without case (`guestfs_hivex_node_get_value`).
+   *
+   * @param node A node handle.
+   * @param key The value's name; `""` for the default value.
+   * @returns Its value handle, or `undefined` if there is none.
+   */
+  hivexNodeGetValue(node: number, key: string): number | undefined {
+    const value = this.#call("guestfs_hivex_node_get_value", [node, key], "int64");
+    return value === 0 ? undefined : value;
+  }
+
+  /**
+   * The name of a value (`guestfs_hivex_value_key`).
+   *
+   * @param value A value handle.
+   * @returns Its name; `""` for the default value.
+   */
+  hivexValueKey(value: number): string {
+    return this.#call("guestfs_hivex_value_key", [value], "string");
+  }
+
+  /**
+   * The type of a value (`guestfs_hivex_value_type`).
+   *
+   * @param value A value handle.
+   * @returns The `REG_*` type number, e.g. 1 (`REG_SZ`), 4 (`REG_DWORD`).
+   */
+  hivexValueType(value: number): number {
+    return this.#call("guestfs_hivex_value_type", [value], "int64");
+  }
+
+  /**
+   * A string value, decoded from UTF-16LE (`guestfs_hivex_value_string`).
+   *
+   * @param value A value handle of type `REG_SZ`, `REG_EXPAND_SZ` (or a string stored in
+   *   another type).
+   * @returns The string as UTF-8.
+   */
+  hivexValueString(value: number): string {
+    return this.#call("guestfs_hivex_value_string", [value], "string");
+  }
+
+  /**
+   * The raw bytes of a value (`guestfs_hivex_value_value`).
+   *
+   * @param value A value handle.
+   * @returns The bytes as stored (little-endian numbers, UTF-16LE strings).
+   */
+  hivexValueValue(value: number): Uint8Array {
+    return this.#call("guestfs_hivex_value_value", [value, { sizeOut: true }], "bytes");
+  }
+
+  /**
+   * Creates or replaces one value (`guestfs_hivex_node_set_value`); needs a hive opened with
+   * `write`.
+   *
+   * @param node A node handle.
+   * @param key The value's name; `""` for the default value.
+   * @param type The `REG_*` type number.
+   * @param data The raw bytes (see `windows/_registry.ts` for the encodings).
+   */
+  hivexNodeSetValue(node: number, key: string, type: number, data: Uint8Array): void {
+    this.#call(
+      "guestfs_hivex_node_set_value",
+      [node, key, type, data, data.byteLength],
+      "int",
+    );
+  }
+
+  /**
+   * Adds a subkey (`guestfs_hivex_node_add_child`); needs a hive opened with `write`.
+   *
+   * @param parent A node handle.
+   * @param name The new subkey's name; it must not exist yet.
+   * @returns The new node's handle.
+   */
+  hivexNodeAddChild(parent: number, name: string): number {
+    return this.#call("guestfs_hivex_node_add_child", [parent, name], "int64");
+  }
+
+  /**
+   * Deletes a subkey and everything under it (`guestfs_hivex_node_delete_child`).
+   *
+   * @param node A node handle other than the root.
+   */
+  hivexNodeDeleteChild(node: number): void {
+    this.#call("guestfs_hivex_node_delete_child", [node], "int");
   }
 
   // --- inside the guest ------------------------------------------------------------------------

@@ -5,7 +5,8 @@
  * 1. libguestfs opens the overlays (qcow2, discard passed through so that fstrim reaches
  *    them) and inspects them for operating systems; `--root` chooses among several.
  * 2. The guest's filesystems are mounted as the guest mounts them, and the conversion for its
- *    type runs (Linux: see `linux/mod.ts`; Windows is not supported yet).
+ *    type runs (Linux: see `linux/mod.ts`; Windows: see `windows/mod.ts`, which also says which
+ *    devices the output must give the VM, in {@linkcode ConversionReport.devices}).
  * 3. Every filesystem is trimmed (unless `--no-fstrim`): deleted data becomes zero clusters in
  *    the overlay, so the copy skips it.
  * 4. The appliance is shut down cleanly, so that every write is in the overlays before they
@@ -24,8 +25,11 @@ import { deviceMap } from "./_devices.ts";
 import { Guestfs } from "./guestfs.ts";
 import { convertLinux, familyOf } from "./linux/mod.ts";
 import { ConversionReport } from "./report.ts";
+import { convertWindows, locateVirtioWin, realPath, type StaticIp } from "./windows/mod.ts";
+import { withHive } from "./windows/registry.ts";
 
 export { ConversionReport } from "./report.ts";
+export { parseMacIp, type StaticIp } from "./windows/mod.ts";
 
 /** How `--root` chooses among several operating systems. */
 export type RootChoice = "ask" | "single" | "first" | `/dev/${string}`;
@@ -48,6 +52,13 @@ export interface ConvertOptions {
   verbose?: boolean;
   /** libguestfs call trace (`-x`). */
   trace?: boolean;
+  /** `--mac MAC:ip:...`: static IPv4 settings for the new NICs (Windows guests). */
+  staticIps?: StaticIp[];
+  /**
+   * Environment lookup for `VIRTIO_WIN` (tests pass their own).
+   * @default Deno.env.get
+   */
+  env?: (name: string) => string | undefined;
   /** Asks the user to choose a root (for `--root ask` on a terminal); returns the answer. */
   ask?: (question: string) => string | null;
 }
@@ -99,21 +110,21 @@ export async function convert(
       product: productName(g.inspectGetProductName(root), distro),
       arch: g.inspectGetArch(root),
     };
+    // Listed now, before conversion: after it, list_filesystems takes a minute and more under
+    // TCG (measured: 5 s before, 71 s after), and the conversion creates no filesystem.
+    const filesystems = options.fstrim ?? true ? await g.listFilesystems() : [];
     if (type === "windows") {
-      throw new Error(
-        `The guest is ${report.guest.product}: converting Windows guests is not supported yet`,
-      );
+      await convertWindowsGuest(g, root, vm, report, ctx, options);
+      await finish(g, filesystems, report, options, say, ctx);
+      return report;
     }
     const family = type === "linux" ? familyOf(distro) : undefined;
     if (type !== "linux" || !family) {
       throw new Error(
         `Unsupported guest: ${report.guest.product} (${type}, distribution "${distro}"); ` +
-          "vmshift converts Linux guests of the Debian/Ubuntu and RHEL/Fedora families",
+          "vmshift converts Windows, and Linux of the Debian/Ubuntu and RHEL/Fedora families",
       );
     }
-    // Listed now, before conversion: after it, list_filesystems takes a minute and more under
-    // TCG (measured: 5 s before, 71 s after), and the conversion creates no filesystem.
-    const filesystems = options.fstrim ?? true ? await g.listFilesystems() : [];
     await mountGuest(g, root, report);
     say(`Converting ${report.guest.product} to run on KVM`);
     await convertLinux({
@@ -128,15 +139,7 @@ export async function convert(
       signal,
       debug: ctx.debug,
     });
-    await g.umountAll();
-    if (options.fstrim ?? true) {
-      say("Mapping filesystem data to avoid copying unused and blank areas");
-      await trimAll(g, filesystems, report, ctx.debug);
-    }
-    signal.throwIfAborted();
-    const t = performance.now();
-    await g.shutdown();
-    ctx.debug(`appliance shut down in ${seconds(t)} s`);
+    await finish(g, filesystems, report, options, say, ctx);
   } catch (e) {
     signal.throwIfAborted();
     throw e;
@@ -144,6 +147,78 @@ export async function convert(
     signal.removeEventListener("abort", kill);
   }
   return report;
+}
+
+/** Unmounts, trims and shuts the appliance down, so that every write is in the overlays. */
+async function finish(
+  g: Guestfs,
+  filesystems: Array<[device: string, type: string]>,
+  report: ConversionReport,
+  options: ConvertOptions,
+  say: (text: string) => void,
+  ctx: RunContext,
+): Promise<void> {
+  await g.umountAll();
+  if (options.fstrim ?? true) {
+    say("Mapping filesystem data to avoid copying unused and blank areas");
+    await trimAll(g, filesystems, report, ctx.debug);
+  }
+  ctx.signal.throwIfAborted();
+  const t = performance.now();
+  await g.shutdown();
+  ctx.debug(`appliance shut down in ${seconds(t)} s`);
+}
+
+async function convertWindowsGuest(
+  g: Guestfs,
+  root: string,
+  vm: Vm,
+  report: ConversionReport,
+  ctx: RunContext,
+  options: ConvertOptions,
+): Promise<void> {
+  const product = report.guest?.product ?? "Windows";
+  // Before anything is changed: a bad VIRTIO_WIN is an error, not a silent fallback.
+  const virtioWin = locateVirtioWin(options.env);
+  await g.mount(root, "/");
+  const systemroot = realPath(g, g.inspectGetWindowsSystemroot(root));
+  if (systemroot === undefined) throw new Error(`${product}: cannot find its Windows directory`);
+  const software = g.inspectGetWindowsSoftwareHive(root);
+  let variant = "Client";
+  try {
+    variant = g.inspectGetProductVariant(root);
+  } catch {
+    // Unknown: treat it as a desktop release.
+  }
+  const build = await withHive(
+    g,
+    software,
+    false,
+    (h) =>
+      Number(h.getString(["Microsoft", "Windows NT", "CurrentVersion"], "CurrentBuildNumber") ?? 0),
+  );
+  options.message?.(`Converting ${product} to run on KVM`);
+  const devices = await convertWindows({
+    g,
+    root,
+    vm,
+    report,
+    signal: ctx.signal,
+    debug: ctx.debug,
+    systemroot,
+    systemHive: g.inspectGetWindowsSystemHive(root),
+    softwareHive: software,
+    controlSet: g.inspectGetWindowsCurrentControlSet(root),
+    major: g.inspectGetMajorVersion(root),
+    minor: g.inspectGetMinorVersion(root),
+    build,
+    variant: variant === "unknown" ? "Client" : variant,
+    arch: g.inspectGetArch(root),
+    product,
+    virtioWin,
+    staticIps: options.staticIps ?? [],
+  });
+  report.devices = { disk: devices.block, nic: devices.nic };
 }
 
 /** libguestfs's product name, with the distribution when it is only a version ("12.5"). */
@@ -164,6 +239,21 @@ async function chooseRoot(g: Guestfs, options: ConvertOptions): Promise<string> 
         return false;
       }
     });
+    const bitlocker = [...g.listPartitions(), ...g.listDevices()].filter((dev) => {
+      try {
+        return g.vfsType(dev) === "BitLocker";
+      } catch {
+        return false;
+      }
+    });
+    if (bitlocker.length) {
+      throw new Error(
+        `No operating system found: the system volume is probably encrypted with BitLocker ` +
+          `(on ${bitlocker.join(", ")}); vmshift cannot open it. On the VMware guest, turn ` +
+          `BitLocker off ("manage-bde -off C:") and wait for decryption to finish, or suspend ` +
+          `it is not enough: the disk stays encrypted. Then migrate it again`,
+      );
+    }
     if (luks.length) {
       throw new Error(
         `No operating system found: the root filesystem is probably encrypted (LUKS on ${

@@ -22,6 +22,14 @@ export interface GuestInfo {
   arch: string;
 }
 
+/** The disk bus and NIC model the output must give the converted guest. */
+export interface TargetDevices {
+  /** `virtio-blk`, or `sata` for a guest without virtio drivers. */
+  disk: "virtio-blk" | "sata";
+  /** `virtio`, or `e1000` for a guest without virtio drivers. */
+  nic: "virtio" | "e1000";
+}
+
 /** Collects what conversion did. */
 export class ConversionReport {
   /** The guest, once inspected. */
@@ -32,6 +40,11 @@ export class ConversionReport {
   readonly problems: string[] = [];
   /** Filesystems trimmed, with what happened. */
   readonly trimmed: string[] = [];
+  /**
+   * The devices the converted guest has drivers for, when conversion chose them (Windows
+   * without virtio-win gets emulated ones); undefined means virtio.
+   */
+  devices?: TargetDevices;
   readonly #log: ((line: string) => void) | undefined;
 
   /**
@@ -72,6 +85,7 @@ export class ConversionReport {
         ? ["Could not be done:", ...this.problems.map((c) => `  - ${c}`)]
         : []),
       ...(this.trimmed.length ? ["Trimmed:", ...this.trimmed.map((c) => `  - ${c}`)] : []),
+      ...(this.devices ? [`Devices: ${this.devices.disk} disks, ${this.devices.nic} NICs`] : []),
     ];
   }
 
@@ -85,6 +99,7 @@ export class ConversionReport {
       changes: this.changes,
       problems: this.problems,
       trimmed: this.trimmed,
+      ...(this.devices ? { devices: this.devices } : {}),
     };
   }
 }

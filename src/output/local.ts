@@ -12,5 +12,6 @@ import { libvirtXml } from "./libvirt_xml.ts";
 export const localOutput = directoryOutput("local", {
   suffix: ".xml",
   mode: 0o644,
-  render: (vm, disks) => libvirtXml(vm, disks),
+  render: (vm, disks) =>
+    libvirtXml(vm, disks, { virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk" }),
 });

@@ -281,7 +281,8 @@ export function createOvf(vm: Vm, disks: OvfDisk[], options: OvfOptions): string
       "ovf:volume-format": volumeFormat,
       "ovf:volume-type": volumeType,
       "ovf:format": "http://en.wikipedia.org/wiki/Byte",
-      "ovf:disk-interface": "VirtIO",
+      // SATA for a guest conversion left without virtio drivers (oVirt 4.3+).
+      "ovf:disk-interface": vm.targetDevices?.disk === "sata" ? "SATA" : "VirtIO",
       "ovf:disk-type": "System",
       "ovf:boot": i === 0 ? "True" : "False",
       ...(d.alias ? { "ovf:disk-alias": d.alias } : {}),
@@ -372,7 +373,9 @@ export function createOvf(vm: Vm, disks: OvfDisk[], options: OvfOptions): string
       ["rasd:InstanceId", uuid()],
       ["rasd:Caption", `Ethernet adapter on ${network}`],
       ["rasd:ResourceType", "10"],
-      ["rasd:ResourceSubType", "3"], // virtio: conversion installs the drivers
+      // oVirt's interface types: 3 is virtio (conversion installs the drivers), 2 is e1000,
+      // for a guest conversion left without virtio drivers.
+      ["rasd:ResourceSubType", vm.targetDevices?.nic === "e1000" ? "2" : "3"],
       ["Type", "interface"],
       ["rasd:Connection", network],
       ["rasd:Name", `eth${i}`],

@@ -12,5 +12,6 @@ import { qemuScript } from "./qemu_script.ts";
 export const qemuOutput = directoryOutput("qemu", {
   suffix: ".sh",
   mode: 0o755,
-  render: (vm, disks) => qemuScript(vm, disks),
+  render: (vm, disks) =>
+    qemuScript(vm, disks, { virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk" }),
 });

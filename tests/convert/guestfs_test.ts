@@ -21,6 +21,8 @@ import {
   Guestfs,
   GuestfsError,
 } from "../../src/convert/guestfs.ts";
+import { decodeValue, encodeValue, type RegValue } from "../../src/convert/windows/registry.ts";
+import { emptyHive } from "../../scripts/_regf.ts";
 
 const ENOENT = 2;
 
@@ -174,6 +176,64 @@ Deno.test("a launched appliance works on disks, files, Augeas and commands", asy
       assertEquals((await g.readFile("/empty")).byteLength, 0);
       assertEquals(await g.cat("/empty"), "");
     });
+
+    await t.step(
+      "hivex calls read and write a registry hive that our regf writer made",
+      async () => {
+        await g.write("/hive", emptyHive("ROOT"));
+        assertEquals(new TextDecoder().decode(await g.pread("/hive", 4, 0)), "regf");
+        await g.hivexOpen("/hive", { write: true });
+        const root = g.hivexRoot();
+        assertEquals(g.hivexNodeName(root), "ROOT");
+        assertEquals(g.hivexNodeChildren(root), []);
+        const key = g.hivexNodeAddChild(root, "Services");
+        const vmci = g.hivexNodeAddChild(key, "vmci");
+        for (
+          const [name, value] of Object.entries(
+            {
+              Start: { dword: 4 },
+              ImagePath: { expandSz: "x.sys" },
+              Deps: { multiSz: ["a", "b"] },
+            },
+          )
+        ) {
+          const [type, bytes] = encodeValue(value as RegValue);
+          g.hivexNodeSetValue(vmci, name, type, bytes);
+        }
+        await g.hivexCommit();
+        await g.hivexClose();
+        // Reopened read-only: what was committed is there, found without regard to case.
+        await g.hivexOpen("/hive");
+        const found = g.hivexNodeGetChild(g.hivexNodeGetChild(g.hivexRoot(), "SERVICES")!, "VMCI");
+        assert(found !== undefined);
+        assertEquals(g.hivexNodeGetChild(g.hivexRoot(), "nope"), undefined);
+        assertEquals(g.hivexNodeName(g.hivexNodeParent(found)), "Services");
+        const values = g.hivexNodeValues(found).map((v) => [
+          g.hivexValueKey(v),
+          g.hivexValueType(v),
+          decodeValue(g.hivexValueType(v), g.hivexValueValue(v)),
+        ]);
+        assertEquals(values, [
+          ["Start", 4, { dword: 4 }],
+          ["ImagePath", 2, { expandSz: "x.sys" }],
+          ["Deps", 7, { multiSz: ["a", "b"] }],
+        ]);
+        assertEquals(g.hivexValueString(g.hivexNodeGetValue(found, "imagepath")!), "x.sys");
+        assertEquals(g.hivexNodeGetValue(found, "nope"), undefined);
+        // Writes need a hive opened for writing.
+        assertThrows(() => g.hivexNodeAddChild(found, "x"), GuestfsError, "hivex_node_add_child");
+        await g.hivexClose();
+        await assertRejects(() => g.hivexOpen("/nope"), GuestfsError, "libguestfs hivex_open: ");
+        // Deleting a key, then the hive is as our writer made it but for the Services key.
+        await g.hivexOpen("/hive", { write: true });
+        g.hivexNodeDeleteChild(g.hivexNodeGetChild(g.hivexRoot(), "Services")!);
+        await g.hivexCommit();
+        await g.hivexClose();
+        await g.hivexOpen("/hive");
+        assertEquals(g.hivexNodeChildren(g.hivexRoot()), []);
+        await g.hivexClose();
+      },
+    );
 
     await t.step("file and directory operations", async () => {
       g.mkdirP("/etc/a/b/c");

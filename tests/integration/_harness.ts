@@ -28,6 +28,8 @@ export interface RunOptions {
    * @default false
    */
   convert?: boolean;
+  /** More environment for vmshift (e.g. `VIRTIO_WIN`). */
+  env?: Record<string, string>;
 }
 
 function withConvert(args: string[], options: RunOptions): string[] {
@@ -96,7 +98,7 @@ export class Sandbox implements AsyncDisposable {
   async run(args: string[], options: RunOptions = {}): Promise<RunResult> {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", MAIN, ...withConvert(args, options)],
-      env: this.env,
+      env: { ...this.env, ...options.env },
       stdin: "null",
     }).output();
     const dec = new TextDecoder();

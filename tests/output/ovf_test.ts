@@ -141,6 +141,20 @@ Deno.test("the OVF is well-formed and names each disk by disk id and image id", 
   assertEquals(await str(ovf, `${os}/*[local-name()='Description']`), "rhel_8x64");
 });
 
+Deno.test("a guest without virtio drivers gets a SATA disk and e1000 NICs", async () => {
+  const nicType = "string(//*[local-name()='Item'][*[local-name()='ResourceType']='10'][1]" +
+    "/*[local-name()='ResourceSubType'])";
+  const disk = `/${path("Envelope", "DiskSection", "Disk[1]")}/${attr("disk-interface")}`;
+  const virtio = createOvf(vm, disks, options);
+  assertEquals([await str(virtio, disk), await xmllint(virtio, nicType)], ["VirtIO", "3"]);
+  const emulated = createOvf(
+    { ...vm, targetDevices: { disk: "sata", nic: "e1000" } },
+    disks,
+    options,
+  );
+  assertEquals([await str(emulated, disk), await xmllint(emulated, nicType)], ["SATA", "2"]);
+});
+
 Deno.test("the engine test server reads the VM name and disk ids from the OVF", () => {
   const summary = parseOvf(createOvf(vm, disks, options));
   assertEquals(summary, { name: "web1", diskIds: ["d-0", "d-1"] });
