@@ -753,6 +753,63 @@ async function serveDatastoreFile(
   });
 }
 
+/**
+ * A descriptor for qemu's vmdk driver whose extents are NBD exports: each extent that has a file
+ * names `nbd+unix:///?socket=SOCKET` instead, with the same access, size, type and offset; ZERO
+ * extents stay as they are. Without blank lines: qemu 7.2's vmdk driver reads the extent line
+ * after a blank line twice, and then opens one extent more than there are `extents.N` options
+ * for.
+ *
+ * @param vmdk The disk, as {@linkcode readVmdk} read it.
+ * @param socketOf The socket serving an extent's file (by its path in the datastore).
+ * @returns The descriptor's text, and how many extents qemu opens a file for (each needs its
+ * `extents.N` option).
+ * @throws {Error} For a socket path that cannot go in an NBD URI as it is.
+ * @example
+ * ```ts
+ * import { nbdDescriptor } from "./vsphere.ts";
+ * const { text, opened } = nbdDescriptor({
+ *   descriptor: { version: 1, cid: "0badf00d", createType: "twoGbMaxExtentSparse", extents: [], ddb: {}, header: {} },
+ *   extents: [
+ *     { access: "RW", sectors: 4194304, type: "SPARSE", fileName: "g-s001.vmdk", path: "/g/g-s001.vmdk", offset: 0, line: 6 },
+ *     { access: "RW", sectors: 2048, type: "SPARSE", fileName: "g-s002.vmdk", path: "/g/g-s002.vmdk", offset: 0, line: 7 },
+ *   ],
+ * }, (path) => `/run/vmshift/${path.slice(3, -5)}.sock`);
+ * if (opened !== 2 || !text.includes('RW 2048 SPARSE "nbd+unix:///?socket=/run/vmshift/g-s002.sock"\n')) {
+ *   throw new Error(text);
+ * }
+ * ```
+ */
+export function nbdDescriptor(
+  vmdk: Pick<VmdkInfo, "descriptor" | "extents">,
+  socketOf: (path: string) => string,
+): { text: string; opened: number } {
+  const lines = [
+    "# Disk DescriptorFile",
+    "# vmshift: the extents are NBD exports of the datastore's files",
+    "version=1",
+    `CID=${vmdk.descriptor.cid ?? "fffffffe"}`,
+    "parentCID=ffffffff",
+    `createType="${vmdk.descriptor.createType}"`,
+  ];
+  let opened = 0;
+  for (const e of vmdk.extents) {
+    if (e.path === undefined) {
+      lines.push(`${e.access} ${e.sectors} ${e.type}`);
+      continue;
+    }
+    const socket = socketOf(e.path);
+    // A URI query value, inside double quotes in the descriptor: only plain path characters.
+    if (!/^\/[\w./-]+$/.test(socket)) {
+      throw new Error(`Cannot name socket "${socket}" in a VMDK descriptor: odd characters in it`);
+    }
+    const offset = e.type === "FLAT" ? ` ${e.offset}` : "";
+    lines.push(`${e.access} ${e.sectors} ${e.type} "nbd+unix:///?socket=${socket}"${offset}`);
+    if (e.access === "RW" && QEMU_FILE_EXTENTS.has(e.type)) opened++;
+  }
+  return { text: lines.join("\n") + "\n", opened };
+}
+
 /** Extent types qemu's vmdk driver opens a file for (it skips the others, and non-RW lines). */
 const QEMU_FILE_EXTENTS = new Set(["FLAT", "SPARSE", "VMFS", "VMFSSPARSE", "SESPARSE"]);
 
@@ -791,46 +848,22 @@ async function serveSplitDisk(
   const dir = s.ctx.dir.join(`in-${diskName(index)}-vmdk`);
   await Deno.mkdir(dir, { mode: 0o700 });
   stack.defer(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
-  const lines = [
-    "# Disk DescriptorFile",
-    "# vmshift: a copy of the descriptor whose extents are NBD exports of the datastore's files",
-    "version=1",
-    `CID=${vmdk.descriptor.cid ?? "fffffffe"}`,
-    "parentCID=ffffffff",
-    `createType="${vmdk.descriptor.createType}"`,
-  ];
-  let opened = 0;
-  const served = new Map<string, string>();
+  const sockets = new Map<string, string>();
   for (const [i, e] of vmdk.extents.entries()) {
-    if (e.path === undefined) {
-      lines.push(`${e.access} ${e.sectors} ${e.type}`);
-      continue;
+    if (e.path === undefined || sockets.has(e.path)) continue;
+    const socket = s.ctx.dir.join(`in-${diskName(index)}-e${i}.sock`);
+    const curl = stack.use(await serveDatastoreFile(disk, e.path, socket, index, s));
+    const size = await probeSize(curl, s.ctx.signal, `"${posix.basename(e.path)}"`);
+    if (e.fileSize !== undefined && size !== e.fileSize) {
+      throw new Error(
+        `Cannot read "${disk.fileName}" over HTTPS: its extent "${posix.basename(e.path)}" ` +
+          `is served as ${size} bytes, not the ${e.fileSize} the server announced`,
+      );
     }
-    let socket = served.get(e.path);
-    if (socket === undefined) {
-      socket = s.ctx.dir.join(`in-${diskName(index)}-e${i}.sock`);
-      if (!/^[\w./-]+$/.test(socket)) {
-        throw new Error(`Cannot serve "${disk.fileName}": odd characters in "${socket}"`);
-      }
-      const curl = stack.use(await serveDatastoreFile(disk, e.path, socket, index, s));
-      const size = await probeSize(curl, s.ctx.signal, `"${posix.basename(e.path)}"`);
-      if (e.fileSize !== undefined && size !== e.fileSize) {
-        throw new Error(
-          `Cannot read "${disk.fileName}" over HTTPS: its extent "${posix.basename(e.path)}" ` +
-            `is served as ${size} bytes, not the ${e.fileSize} the server announced`,
-        );
-      }
-      served.set(e.path, socket);
-    }
-    const offset = e.type === "FLAT" ? ` ${e.offset}` : "";
-    lines.push(`${e.access} ${e.sectors} ${e.type} "nbd+unix:///?socket=${socket}"${offset}`);
-    if (e.access === "RW" && QEMU_FILE_EXTENTS.has(e.type)) opened++;
+    sockets.set(e.path, socket);
   }
-  lines.push("# The Disk Data Base");
-  for (const [k, v] of Object.entries(vmdk.descriptor.ddb)) lines.push(`ddb.${k} = "${v}"`);
-  // No blank line: qemu 7.2's vmdk driver reads the extent line after a blank line twice, and
-  // then opens one extent more than there are `extents.N` options for.
-  await Deno.writeTextFile(posix.join(dir, "disk.vmdk"), lines.join("\n") + "\n");
+  const { text, opened } = nbdDescriptor(vmdk, (path) => sockets.get(path)!);
+  await Deno.writeTextFile(posix.join(dir, "disk.vmdk"), text);
   const extents: Record<string, { driver: "raw" }> = {};
   for (let n = 0; n < opened; n++) extents[String(n)] = { driver: "raw" };
   const qemuFile = `json:${
