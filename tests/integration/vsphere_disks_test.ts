@@ -132,15 +132,17 @@ function assertNoSecret(r: RunResult, sim: Vcsim): void {
   }
 }
 
-Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), hardware, disk copied identical", async () => {
+Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), hardware, disks copied identical", async () => {
   let image = "";
+  let sparse = "";
   let fx: VmwareFixture;
   await withVms(
     async (ds) => {
       image = await rawImage(join(ds, "..", "esx.img"), 4 * MiB, [[0, 3 * MiB]]);
+      sparse = await rawImage(join(ds, "..", "esx-sparse.img"), 2 * MiB, [[MiB, MiB]]);
       fx = await makeVmwareFixture(join(ds, "esx01"), {
         name: "esx01",
-        disks: [{ image, subformat: "vmfs" }],
+        disks: [{ image, subformat: "vmfs" }, { image: sparse, subformat: "monolithicSparse" }],
       });
       await addVcsimFiles(fx.dir, "esx01");
       return { vms: [simVm(fx)], files: fx.disks.flatMap((d) => d.files) };
@@ -168,6 +170,12 @@ Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), 
           index: 0,
           source: "[datastore1] esx01/esx01.vmdk",
           virtualSize: 4 * MiB,
+          bus: "scsi",
+          sourceFormat: "vmdk",
+        }, {
+          index: 1,
+          source: "[datastore1] esx01/esx01_1.vmdk",
+          virtualSize: 2 * MiB,
           bus: "scsi",
           sourceFormat: "vmdk",
         }]);
@@ -199,6 +207,7 @@ Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), 
         "/folder/esx01/esx01-flat.vmdk?dcPath=ha-datacenter&dsName=datastore1",
       );
       await assertSameContent(image, join(out, "esx01-sda"));
+      await assertSameContent(sparse, join(out, "esx01-sdb"));
 
       const wrong = join(sb.work, "wrong-password");
       await Deno.writeTextFile(wrong, "not-the-password\n");
@@ -258,8 +267,16 @@ Deno.test("-i vsphere -it https: twoGbMaxExtentFlat, twoGbMaxExtentSparse and st
         "twoGbMaxExtentSparse: descriptor and two extents",
       );
       await addVcsimFiles(fx.dir, "split01");
+      // The same flat disk with its second extent file gone from the datastore.
+      const broken = await makeVmwareFixture(join(ds, "broken01"), {
+        name: "broken01",
+        disks: [{ image: images[0]!, subformat: "twoGbMaxExtentFlat" }],
+      });
+      const brokenFiles = await splitFlat(broken, 0, [MiB, MiB + MiB / 2]);
+      await Deno.remove(brokenFiles[2]!);
+      await addVcsimFiles(broken.dir, "broken01");
       return {
-        vms: [simVm(fx)],
+        vms: [simVm(fx), simVm(broken)],
         files: [...flatFiles, ...fx.disks.slice(1).flatMap((d) => d.files)],
       };
     },
@@ -301,6 +318,12 @@ Deno.test("-i vsphere -it https: twoGbMaxExtentFlat, twoGbMaxExtentSparse and st
       await assertSameContent(images[0]!, join(out, "split01-sda"));
       await assertSameContent(images[1]!, join(out, "split01-sdb"));
       await assertSameContent(images[2]!, join(out, "split01-sdc"));
+
+      const missing = await sb.run(["-i", "vsphere", ...login(sim), "broken01", "-o", "null"]);
+      assertEquals(missing.code, 1, missing.stderr);
+      assertStringIncludes(missing.stderr, "broken01-f002.vmdk");
+      assertStringIncludes(missing.stderr, "no such file");
+      assertNoSecret(missing, sim);
     },
   );
 });
