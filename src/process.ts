@@ -130,6 +130,8 @@ export interface ServerOptions {
   signal?: AbortSignal;
   /** Extra environment variables. */
   env?: Record<string, string>;
+  /** The working directory; vmshift's own by default. */
+  cwd?: string;
   /**
    * Start the program under `setpriv --pdeathsig SIGKILL`, so the kernel kills it if vmshift
    * dies without cleaning up. Use for programs with no `--exit-with-parent` of their own.
@@ -267,7 +269,11 @@ export async function startServer(
   const argv = options.dieWithParent
     ? ["setpriv", "--pdeathsig", "SIGKILL", "--", program, ...args]
     : [program, ...args];
-  const child = spawn(argv[0]!, argv.slice(1), { stdout: "null", env: options.env });
+  const child = spawn(argv[0]!, argv.slice(1), {
+    stdout: "null",
+    env: options.env,
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
+  });
   const server = new Server(name, options.socket, child);
   const ready = options.ready ?? socketAccepts;
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
@@ -325,7 +331,7 @@ export function liveCount(): number {
 function spawn(
   program: string,
   args: readonly string[],
-  opts: { stdout: "piped" | "null"; env: Record<string, string> | undefined },
+  opts: { stdout: "piped" | "null"; env: Record<string, string> | undefined; cwd?: string },
 ): Deno.ChildProcess {
   tracer?.([program, ...args]);
   let child: Deno.ChildProcess;
@@ -336,6 +342,7 @@ function spawn(
       stdout: opts.stdout,
       stderr: "piped",
       ...(opts.env ? { env: opts.env } : {}),
+      ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}),
     }).spawn();
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {

@@ -41,6 +41,8 @@ export interface QemuNbdOptions {
    * @default false
    */
   allocationDepth?: boolean;
+  /** The working directory, for a relative file name; vmshift's own by default. */
+  cwd?: string;
   /** Name used in messages. */
   name?: string;
   /** Stops the start when aborted. */
@@ -77,6 +79,7 @@ export function serveQemuNbd(file: string, options: QemuNbdOptions): Promise<Ser
     // qemu-nbd has no --exit-with-parent of its own.
     dieWithParent: true,
     name: options.name ?? `qemu-nbd (${file})`,
+    ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
     ...(options.signal ? { signal: options.signal } : {}),
   });
 }

@@ -10,7 +10,11 @@ import { parseXml } from "../../src/input/_xml.ts";
 import { curlDiskCommand, vddkDiskCommand } from "../../src/input/vsphere/disk_servers.ts";
 import { parseDevices, parseVmProperties } from "../../src/input/vsphere/hardware.ts";
 import { parseVsphereUri } from "../../src/input/vsphere/uri.ts";
-import { parseVsphereOptions, vddkOptions } from "../../src/input/vsphere/vsphere.ts";
+import {
+  nbdDescriptor,
+  parseVsphereOptions,
+  vddkOptions,
+} from "../../src/input/vsphere/vsphere.ts";
 import type { InputCli } from "../../src/input/types.ts";
 
 const SOCKET = "/run/v/in-sda.sock";
@@ -286,4 +290,64 @@ Deno.test("VM properties: power state, the snapshot tree, firmware, secure boot,
     "snapshot-2",
   ]]);
   assertEquals(vm.disks.length, 3);
+});
+
+Deno.test("split disks: qemu's descriptor names an NBD export per extent file, keeps types, offsets and ZERO extents, has no blank line", () => {
+  const extent = (
+    access: "RW" | "RDONLY",
+    sectors: number,
+    type: string,
+    path?: string,
+    offset = 0,
+  ) => ({
+    access,
+    sectors,
+    type,
+    offset,
+    line: 1,
+    ...(path ? { fileName: path.slice(4), path } : {}),
+  });
+  const { text, opened } = nbdDescriptor({
+    descriptor: {
+      version: 1,
+      cid: "0badf00d",
+      createType: "twoGbMaxExtentFlat",
+      extents: [],
+      ddb: { adaptertype: "lsilogic" },
+      header: {},
+    },
+    extents: [
+      extent("RW", 2048, "FLAT", "/vm/g-f001.vmdk"),
+      extent("RW", 1024, "ZERO"),
+      extent("RW", 3072, "FLAT", "/vm/g-f002.vmdk", 8),
+      extent("RDONLY", 512, "FLAT", "/vm/g-f002.vmdk", 3080),
+    ],
+  }, (path) => `/run/v/${path.slice(4, -5)}.sock`);
+  assertEquals(
+    text,
+    [
+      "# Disk DescriptorFile",
+      "# vmshift: the extents are NBD exports of the datastore's files",
+      "version=1",
+      "CID=0badf00d",
+      "parentCID=ffffffff",
+      'createType="twoGbMaxExtentFlat"',
+      'RW 2048 FLAT "nbd+unix:///?socket=/run/v/g-f001.sock" 0',
+      "RW 1024 ZERO",
+      'RW 3072 FLAT "nbd+unix:///?socket=/run/v/g-f002.sock" 8',
+      'RDONLY 512 FLAT "nbd+unix:///?socket=/run/v/g-f002.sock" 3080',
+      "",
+    ].join("\n"),
+  );
+  // qemu opens a file for RW extents with one only (it skips ZERO and RDONLY lines).
+  assertEquals(opened, 2);
+  assertThrows(
+    () =>
+      nbdDescriptor({
+        descriptor: { version: 1, createType: "vmfs", extents: [], ddb: {}, header: {} },
+        extents: [extent("RW", 8, "VMFS", "/vm/g-flat.vmdk")],
+      }, () => '/tmp/a "b?.sock'),
+    Error,
+    "odd characters",
+  );
 });

@@ -57,6 +57,13 @@ export interface VcsimOptions {
   vms: SimVm[];
   /** This many more VMs of vcsim's own. @default 0 */
   generate?: number;
+  /**
+   * `vpx`: a vCenter (datacenter `DC0`, a cluster, distributed port groups), user
+   * `administrator@vsphere.local`; `esx`: a standalone ESXi host (datacenter `ha-datacenter`,
+   * one host), user `root`.
+   * @default "vpx"
+   */
+  model?: "vpx" | "esx";
 }
 
 /** A running simulator. */
@@ -77,7 +84,7 @@ export interface Vcsim extends AsyncDisposable {
   datacenter: string;
   /** VM name → moref. */
   morefs: Record<string, string>;
-  /** `vpx://USER@127.0.0.1:PORT/DC`, URL-encoded user. */
+  /** `vpx://USER@127.0.0.1:PORT/DC` (`esx://root@127.0.0.1:PORT` for `esx`), URL-encoded user. */
   uri(path?: string, query?: string): string;
   /** /folder requests, refused ones, sessions used and still logged in. */
   stats(): Promise<
@@ -163,7 +170,8 @@ export async function startVcsim(dir: string, options: VcsimOptions): Promise<Vc
   const bin = await vcsimBinary();
   const ca = await makeCa(dir, "vcsim");
   const cert = await makeServerCertificate(dir, "vcsim", ca);
-  const user = "administrator@vsphere.local";
+  const model = options.model ?? "vpx";
+  const user = model === "esx" ? "root" : "administrator@vsphere.local";
   const password = `pw-${crypto.randomUUID()}`;
   const passwordFile = join(dir, "vcsim-password");
   await Deno.writeTextFile(passwordFile, password + "\n", { mode: 0o600 });
@@ -178,6 +186,7 @@ export async function startVcsim(dir: string, options: VcsimOptions): Promise<Vc
       datastores: Object.entries(options.datastores).map(([name, d]) => ({ name, dir: d })),
       vms: options.vms,
       generate: options.generate ?? 0,
+      model,
     }),
   );
   const child = new Deno.Command(bin, {
@@ -222,8 +231,8 @@ export async function startVcsim(dir: string, options: VcsimOptions): Promise<Vc
     datacenter: ready.datacenter,
     morefs: ready.vms,
     pid: child.pid,
-    uri: (path = `/${ready.datacenter}`, query = "") =>
-      `vpx://${encodeURIComponent(user)}@${server}${path}${query ? `?${query}` : ""}`,
+    uri: (path = model === "esx" ? "" : `/${ready.datacenter}`, query = "") =>
+      `${model}://${encodeURIComponent(user)}@${server}${path}${query ? `?${query}` : ""}`,
     async stats() {
       const res = await fetch(`https://${server}/vmshift-test/stats`, { client });
       return await res.json();

@@ -90,6 +90,9 @@ type config struct {
 	Vms          []vmSpec        `json:"vms"`
 	// Generate adds this many more VMs (vcsim's own, with empty disks), for inventory size.
 	Generate int `json:"generate"`
+	// Model is "vpx" (vCenter: datacenter DC0, a cluster, distributed port groups; the default)
+	// or "esx" (a standalone ESXi host: one host, datacenter ha-datacenter, as esx:// sees it).
+	Model string `json:"model"`
 }
 
 func main() {
@@ -118,10 +121,20 @@ func main() {
 		log.Fatal(err)
 	}
 
-	model := simulator.VPX()
-	model.Datastore = 1
-	model.Host = 0
-	model.ClusterHost = 1
+	var model *simulator.Model
+	switch cfg.Model {
+	case "", "vpx":
+		model = simulator.VPX()
+		model.Datastore = 1
+		model.Host = 0
+		model.ClusterHost = 1
+	case "esx":
+		// ESXi's own inventory: ha-datacenter, one host, no vCenter objects.
+		model = simulator.ESX()
+		model.Datastore = 1
+	default:
+		log.Fatalf("unknown model %q: vpx or esx", cfg.Model)
+	}
 	model.Machine = 0
 	if cfg.Generate > 0 {
 		// One resource pool (the cluster's): Machine VMs in it.
@@ -138,7 +151,7 @@ func main() {
 	}
 	// The /folder endpoint is replaced before NewServer registers vcsim's own, so it is wrapped
 	// with a session check.
-	st := &stats{seen: map[string]bool{}, user: cfg.User}
+	st := &stats{seen: map[string]bool{}, user: cfg.User, esx: cfg.Model == "esx", live: map[string]bool{}}
 	model.Service.ServeMux = http.NewServeMux()
 	server := model.Service.NewServer()
 	defer server.Close()
@@ -163,6 +176,9 @@ func main() {
 				return
 			}
 			r.Body = ioutil.NopCloser(bytes.NewReader(body))
+			handler.ServeHTTP(w, r)
+			st.track(body, r, w.Header())
+			return
 		case r.URL.Path == "/vmshift-test/stats":
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(st.report(cfg.User))
@@ -234,6 +250,39 @@ type stats struct {
 	unauthorized int
 	seen         map[string]bool
 	user         string
+	// esx: the ESX model, whose SessionManager has no SessionIsActive (ESXi's has none either):
+	// the sessions logged in are tracked here instead, from Login and Logout calls.
+	esx  bool
+	live map[string]bool
+}
+
+// track records the session a SOAP Login opened (its Set-Cookie) and the one a Logout closed.
+func (s *stats) track(body []byte, r *http.Request, header http.Header) {
+	if !s.esx {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case bytes.Contains(body, []byte("Login>")) || bytes.Contains(body, []byte("<Login ")):
+		resp := http.Response{Header: header}
+		for _, c := range resp.Cookies() {
+			if c.Name == soap.SessionCookieName {
+				s.live[c.Value] = true
+			}
+		}
+	case bytes.Contains(body, []byte("Logout")):
+		if c, err := r.Cookie(soap.SessionCookieName); err == nil {
+			delete(s.live, c.Value)
+		}
+	}
+}
+
+func (s *stats) active(key string) bool {
+	if s.esx {
+		return s.live[key]
+	}
+	return sessionActive(key, s.user)
 }
 
 // allow tells whether a request carries the cookie of a logged-in session.
@@ -242,7 +291,7 @@ func (s *stats) allow(r *http.Request) bool {
 	defer s.mu.Unlock()
 	s.requests++
 	cookie, err := r.Cookie(soap.SessionCookieName)
-	if err == nil && sessionActive(cookie.Value, s.user) {
+	if err == nil && s.active(cookie.Value) {
 		s.seen[cookie.Value] = true
 		return true
 	}
@@ -255,7 +304,7 @@ func (s *stats) report(user string) map[string]int {
 	defer s.mu.Unlock()
 	active := 0
 	for key := range s.seen {
-		if sessionActive(key, user) {
+		if s.active(key) {
 			active++
 		}
 	}
@@ -354,7 +403,9 @@ func registerVM(
 		})
 	}
 	controllers := map[string]types.BaseVirtualController{}
-	renames := map[string]string{}
+	// The real names of the disks attached under a placeholder, in the order they are added
+	// (the order vcsim keeps them in).
+	var renames []string
 	for _, d := range spec.Disks {
 		key := fmt.Sprintf("%s:%d", d.Controller, d.Bus)
 		ctl := controllers[key]
@@ -377,7 +428,7 @@ func registerVM(
 			// (any existing file will do), and give the disk its real name afterwards.
 			backing := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
 			backing.FileName = fmt.Sprintf("[%s] %s", spec.Datastore, spec.Vmx)
-			renames[backing.FileName+"#"+fmt.Sprint(len(renames))] = name
+			renames = append(renames, name)
 		}
 		unit := d.Unit
 		disk.UnitNumber = &unit
@@ -422,19 +473,17 @@ func registerVM(
 	}
 	if len(renames) > 0 {
 		sim := simulator.Map.Get(vm.Reference()).(*simulator.VirtualMachine)
+		placeholder := fmt.Sprintf("[%s] %s", spec.Datastore, spec.Vmx)
 		simulator.Map.WithLock(sim, func() {
 			for _, dev := range sim.Config.Hardware.Device {
 				disk, ok := dev.(*types.VirtualDisk)
-				if !ok {
+				if !ok || len(renames) == 0 {
 					continue
 				}
 				b := disk.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-				for placeholder, name := range renames {
-					if strings.HasPrefix(placeholder, b.FileName+"#") {
-						b.FileName = name
-						delete(renames, placeholder)
-						break
-					}
+				if b.FileName == placeholder {
+					b.FileName = renames[0]
+					renames = renames[1:]
 				}
 			}
 		})

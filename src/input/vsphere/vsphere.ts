@@ -13,9 +13,10 @@
  *    for (`-io vsphere-snapshot=NAME`): then its disks as the snapshot holds them are read.
  * 4. Serve each disk read-only over NBD:
  *    - `-it https` (default): the VMDK descriptor is read from the datastore's `/folder` URL
- *      with the session cookie and checked as `-i vmx` checks it ({@linkcode readVmdk}); the
- *      disk's flat extent is served by nbdkit's curl plugin; a hosted sparse disk
- *      (monolithicSparse, streamOptimized) is read through qemu's vmdk driver on top of it;
+ *      with the session cookie and checked as `-i vmx` checks it ({@linkcode readVmdk}); each
+ *      extent file is served by nbdkit's curl plugin; a disk that is one flat file is served as
+ *      it is, any other (monolithicSparse, streamOptimized, twoGbMaxExtentFlat/Sparse, extents
+ *      with offsets or ZERO extents) is read through qemu's vmdk driver on top of them;
  *    - `-it vddk`: nbdkit's vddk plugin, with the server's SHA-1 thumbprint computed from the
  *      certificate vmshift saw unless `-io vddk-thumbprint=` gives it.
  * 5. When the session is disposed, the servers stop and vmshift logs out.
@@ -669,46 +670,38 @@ interface HttpsServeContext {
   ctx: RunContext;
 }
 
-/** Serves one disk over HTTPS: its flat extent by nbdkit curl, a sparse one through qemu. */
+/**
+ * Serves one disk over HTTPS, in one of three shapes:
+ *
+ * - one flat file holding exactly the disk (`vmfs`, `monolithicFlat`): nbdkit curl on it, and
+ *   nothing else;
+ * - a hosted sparse file with its descriptor inside (`monolithicSparse`, `streamOptimized`):
+ *   nbdkit curl on it, read by qemu's vmdk driver (qemu-nbd);
+ * - a descriptor with several extent files, or with offsets or ZERO extents
+ *   (`twoGbMaxExtentFlat`, `twoGbMaxExtentSparse`): one nbdkit curl export per extent file,
+ *   put together by qemu's vmdk driver, as `-i vmx` does with the local files
+ *   ({@linkcode serveSplitDisk}).
+ *
+ * Every shape streams: nbdkit curl makes one ranged GET per NBD read, qemu reads what the copy
+ * asks for; nothing is held but the requests in flight.
+ */
 async function serveHttpsDisk(
   disk: VsphereDisk,
   vmdk: VmdkInfo,
   index: number,
   s: HttpsServeContext,
 ): Promise<AsyncDisposable & { uri: string }> {
-  const sparse = vmdk.embedded && vmdk.extents.length === 1;
-  let why: string | undefined;
-  if (!sparse) {
-    why = notRemotelyReadable({ path: `/${disk.path}`, vmdk });
-  }
-  if (why) {
-    throw new Error(
-      `Cannot read "${disk.fileName}" over HTTPS: ${
-        why.replace("copy the VM's directory to this host and use -i vmx FILE.vmx", "use -it vddk")
-      }`,
-    );
-  }
+  const embedded = vmdk.embedded && vmdk.extents.length === 1;
+  const single = !vmdk.embedded && !notRemotelyReadable({ path: `/${disk.path}`, vmdk });
+  if (!embedded && !single) return await serveSplitDisk(disk, vmdk, index, s);
   // A flat disk: its one extent; a hosted sparse disk: the file itself, read by qemu.
-  const extent = sparse ? vmdk.path : vmdk.extents[0]!.path!;
-  const { host, port } = s.options.uri;
-  const server = `${host.includes(":") ? `[${host}]` : host}${port === 443 ? "" : `:${port}`}`;
-  const url = datastoreUrl(server, s.datacenter, disk.datastore, extent);
-  const socket = s.ctx.dir.join(`in-${diskName(index)}${sparse ? "-file" : ""}.sock`);
-  const cmd = curlDiskCommand(url, {
-    cookieFile: s.cookieFile,
-    ...(s.options.caFile ? { caFile: s.options.caFile } : {}),
-    noVerify: s.options.uri.noVerify,
-    ...s.options.rate,
-  });
-  // The arguments hold no secret: the cookie goes in as cookie=+FILE.
-  s.ctx.debug(`vsphere: disk ${index + 1}: nbdkit ${cmd.args(socket).join(" ")}`);
+  const extent = embedded ? vmdk.path : vmdk.extents[0]!.path!;
   await using stack = new AsyncDisposableStack();
-  const curl = stack.use(
-    await cmd.serve(socket, { name: `nbdkit (curl "${disk.fileName}")`, signal: s.ctx.signal }),
-  );
+  const socket = s.ctx.dir.join(`in-${diskName(index)}${embedded ? "-file" : ""}.sock`);
+  const curl = stack.use(await serveDatastoreFile(disk, extent, socket, index, s));
   const fileSize = await probeSize(curl, s.ctx.signal, `"${disk.fileName}"`);
   let top: Server = curl;
-  if (sparse) {
+  if (embedded) {
     const qemuFile = `json:${
       JSON.stringify({
         driver: "vmdk",
@@ -733,6 +726,174 @@ async function serveHttpsDisk(
   }
   const owned = stack.move();
   return { uri: top.uri, [Symbol.asyncDispose]: () => owned.disposeAsync() };
+}
+
+/** nbdkit curl on one file of the disk's datastore, with the cookie and the rate limit. */
+async function serveDatastoreFile(
+  disk: VsphereDisk,
+  path: string,
+  socket: string,
+  index: number,
+  s: HttpsServeContext,
+): Promise<Server> {
+  const { host, port } = s.options.uri;
+  const server = `${host.includes(":") ? `[${host}]` : host}${port === 443 ? "" : `:${port}`}`;
+  const url = datastoreUrl(server, s.datacenter, disk.datastore, path);
+  const cmd = curlDiskCommand(url, {
+    cookieFile: s.cookieFile,
+    ...(s.options.caFile ? { caFile: s.options.caFile } : {}),
+    noVerify: s.options.uri.noVerify,
+    ...s.options.rate,
+  });
+  // The arguments hold no secret: the cookie goes in as cookie=+FILE.
+  s.ctx.debug(`vsphere: disk ${index + 1}: nbdkit ${cmd.args(socket).join(" ")}`);
+  return await cmd.serve(socket, {
+    name: `nbdkit (curl "${posix.basename(path)}")`,
+    signal: s.ctx.signal,
+  });
+}
+
+/**
+ * A descriptor for qemu's vmdk driver whose extents are NBD exports: each extent that has a file
+ * names `nbd+unix:///?socket=SOCKET` instead, with the same access, size, type and offset; ZERO
+ * extents stay as they are. Without blank lines: qemu 7.2's vmdk driver reads the extent line
+ * after a blank line twice, and then opens one extent more than there are `extents.N` options
+ * for.
+ *
+ * @param vmdk The disk, as {@linkcode readVmdk} read it.
+ * @param socketOf The socket serving an extent's file (by its path in the datastore).
+ * @returns The descriptor's text, and how many extents qemu opens a file for (each needs its
+ * `extents.N` option).
+ * @throws {Error} For a socket path that cannot go in an NBD URI as it is.
+ * @example
+ * ```ts
+ * import { nbdDescriptor } from "./vsphere.ts";
+ * const { text, opened } = nbdDescriptor({
+ *   descriptor: { version: 1, cid: "0badf00d", createType: "twoGbMaxExtentSparse", extents: [], ddb: {}, header: {} },
+ *   extents: [
+ *     { access: "RW", sectors: 4194304, type: "SPARSE", fileName: "g-s001.vmdk", path: "/g/g-s001.vmdk", offset: 0, line: 6 },
+ *     { access: "RW", sectors: 2048, type: "SPARSE", fileName: "g-s002.vmdk", path: "/g/g-s002.vmdk", offset: 0, line: 7 },
+ *   ],
+ * }, (path) => `/run/vmshift/${path.slice(3, -5)}.sock`);
+ * if (opened !== 2 || !text.includes('RW 2048 SPARSE "nbd+unix:///?socket=/run/vmshift/g-s002.sock"\n')) {
+ *   throw new Error(text);
+ * }
+ * ```
+ */
+export function nbdDescriptor(
+  vmdk: Pick<VmdkInfo, "descriptor" | "extents">,
+  socketOf: (path: string) => string,
+): { text: string; opened: number } {
+  const lines = [
+    "# Disk DescriptorFile",
+    "# vmshift: the extents are NBD exports of the datastore's files",
+    "version=1",
+    `CID=${vmdk.descriptor.cid ?? "fffffffe"}`,
+    "parentCID=ffffffff",
+    `createType="${vmdk.descriptor.createType}"`,
+  ];
+  let opened = 0;
+  for (const e of vmdk.extents) {
+    if (e.path === undefined) {
+      lines.push(`${e.access} ${e.sectors} ${e.type}`);
+      continue;
+    }
+    const socket = socketOf(e.path);
+    // A URI query value, inside double quotes in the descriptor: only plain path characters.
+    if (!/^\/[\w./-]+$/.test(socket)) {
+      throw new Error(`Cannot name socket "${socket}" in a VMDK descriptor: odd characters in it`);
+    }
+    const offset = e.type === "FLAT" ? ` ${e.offset}` : "";
+    lines.push(`${e.access} ${e.sectors} ${e.type} "nbd+unix:///?socket=${socket}"${offset}`);
+    if (e.access === "RW" && QEMU_FILE_EXTENTS.has(e.type)) opened++;
+  }
+  return { text: lines.join("\n") + "\n", opened };
+}
+
+/** Extent types qemu's vmdk driver opens a file for (it skips the others, and non-RW lines). */
+const QEMU_FILE_EXTENTS = new Set(["FLAT", "SPARSE", "VMFS", "VMFSSPARSE", "SESPARSE"]);
+
+/**
+ * Serves a disk whose descriptor names several extent files (`twoGbMaxExtentFlat`'s
+ * `-fNNN.vmdk`, `twoGbMaxExtentSparse`'s `-sNNN.vmdk`), or an extent with an offset or ZERO
+ * extents.
+ *
+ * Each extent file gets its own nbdkit curl export, and qemu's vmdk driver (qemu-nbd) reads a
+ * copy of the descriptor whose extents name those exports: it then reads FLAT and SPARSE
+ * extents, grain tables and all, exactly as it reads the local files of `-i vmx`. Debian's
+ * nbdkit has no way to concatenate remote exports (its split plugin takes local files only,
+ * and no filter joins plugins), and a flat-only concatenation would still leave the sparse
+ * extents to decode: qemu does both.
+ *
+ * How the exports reach qemu: the vmdk driver opens each extent by the file name in the
+ * descriptor, joined to the descriptor's directory, and passes that name to the child it opens
+ * even when `extents.N` options say more, so the NBD driver cannot be given a server there (it
+ * refuses a file name with one). A name that is an NBD URI (`nbd+unix:///?socket=PATH`) opens
+ * the export by itself; qemu keeps it whole only when the descriptor's directory is empty,
+ * which it is for a descriptor opened by a relative file name: so qemu-nbd runs in the
+ * descriptor's directory and opens `disk.vmdk`. `extents.N.driver=raw` makes qemu take each
+ * extent's bytes as they are, never probing them.
+ *
+ * `--bandwidth` is applied by each extent's nbdkit, as for a single file: what crosses the
+ * network is what is limited. The copy reads the disk front to back, so one extent is read at a
+ * time except where parallel requests straddle two extent files, for which the two limits add up.
+ */
+async function serveSplitDisk(
+  disk: VsphereDisk,
+  vmdk: VmdkInfo,
+  index: number,
+  s: HttpsServeContext,
+): Promise<AsyncDisposable & { uri: string }> {
+  await using stack = new AsyncDisposableStack();
+  const dir = s.ctx.dir.join(`in-${diskName(index)}-vmdk`);
+  await Deno.mkdir(dir, { mode: 0o700 });
+  stack.defer(() => Deno.remove(dir, { recursive: true }).catch(() => {}));
+  const sockets = new Map<string, string>();
+  for (const [i, e] of vmdk.extents.entries()) {
+    if (e.path === undefined || sockets.has(e.path)) continue;
+    const socket = s.ctx.dir.join(`in-${diskName(index)}-e${i}.sock`);
+    const curl = stack.use(await serveDatastoreFile(disk, e.path, socket, index, s));
+    const size = await probeSize(curl, s.ctx.signal, `"${posix.basename(e.path)}"`);
+    if (e.fileSize !== undefined && size !== e.fileSize) {
+      throw new Error(
+        `Cannot read "${disk.fileName}" over HTTPS: its extent "${posix.basename(e.path)}" ` +
+          `is served as ${size} bytes, not the ${e.fileSize} the server announced`,
+      );
+    }
+    sockets.set(e.path, socket);
+  }
+  const { text, opened } = nbdDescriptor(vmdk, (path) => sockets.get(path)!);
+  await Deno.writeTextFile(posix.join(dir, "disk.vmdk"), text);
+  const extents: Record<string, { driver: "raw" }> = {};
+  for (let n = 0; n < opened; n++) extents[String(n)] = { driver: "raw" };
+  const qemuFile = `json:${
+    JSON.stringify({
+      driver: "vmdk",
+      file: { driver: "file", filename: "disk.vmdk" },
+      extents,
+      backing: null,
+    })
+  }`;
+  s.ctx.debug(`vsphere: disk ${index + 1}: qemu-nbd ${qemuFile} in ${dir}`);
+  const qemu = stack.use(
+    await serveQemuNbd(qemuFile, {
+      socket: s.ctx.dir.join(`in-${diskName(index)}.sock`),
+      format: "vmdk",
+      readOnly: true,
+      cwd: dir,
+      name: `qemu-nbd (vmdk "${disk.fileName}")`,
+      signal: s.ctx.signal,
+    }),
+  );
+  const size = await probeSize(qemu, s.ctx.signal, `"${disk.fileName}"`);
+  if (size !== vmdk.virtualSize) {
+    throw new Error(
+      `Cannot read "${disk.fileName}" over HTTPS: qemu reads ${size} bytes from its extents, ` +
+        `not the ${vmdk.virtualSize} its descriptor gives`,
+    );
+  }
+  const owned = stack.move();
+  return { uri: qemu.uri, [Symbol.asyncDispose]: () => owned.disposeAsync() };
 }
 
 /** Opens an export once: its size, and nbdkit's own words if it cannot open it. */
