@@ -147,17 +147,27 @@ async function isFile(path: string): Promise<boolean> {
   }
 }
 
-/** Removes images of this guest built by another version of its builder, and leftovers. */
+/**
+ * Removes images of this guest built by older versions of its builder, and leftovers. The
+ * newest image of another version stays: another checkout on this machine (a CI run of main
+ * while a branch changes the builder) may be using it right now.
+ */
 async function removeStale(dir: string, name: string, key: string): Promise<void> {
   const escaped = name.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const image = new RegExp(`^${escaped}-([0-9a-f]{16})\\.img$`);
   const partial = new RegExp(`^\\.${escaped}-[0-9a-f]{16}\\.img\\.partial\\.\\d+$`);
+  const others: Array<{ path: string; mtime: number }> = [];
   for await (const entry of Deno.readDir(dir)) {
+    const path = `${dir}/${entry.name}`;
     const m = image.exec(entry.name);
-    if ((m && m[1] !== key) || partial.test(entry.name)) {
-      await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+    if (partial.test(entry.name)) await Deno.remove(path).catch(() => {});
+    else if (m && m[1] !== key) {
+      const mtime = (await Deno.stat(path).catch(() => undefined))?.mtime?.getTime() ?? 0;
+      others.push({ path, mtime });
     }
   }
+  others.sort((a, b) => b.mtime - a.mtime);
+  for (const { path } of others.slice(1)) await Deno.remove(path).catch(() => {});
 }
 
 /** Runs the builder, forwarding its progress to stderr; the builder renames into `out`. */
