@@ -3,7 +3,9 @@
  * qcow2 overlays (the source behind them is never written).
  *
  * 1. libguestfs opens the overlays (qcow2, discard passed through so that fstrim reaches
- *    them) and inspects them for operating systems; `--root` chooses among several.
+ *    them) and inspects them for operating systems; `--root` chooses among several. When
+ *    virtio-win is an ISO, it is one more drive, read-only and after the overlays, which
+ *    inspection, `--root` and fstrim leave out (see `windows/virtio.ts`, `copyFromIso`).
  * 2. The guest's filesystems are mounted as the guest mounts them, and the conversion for its
  *    type runs (Linux: see `linux/mod.ts`; Windows: see `windows/mod.ts`, which also says which
  *    devices the output must give the VM, in {@linkcode ConversionReport.devices}).
