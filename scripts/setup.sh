@@ -26,6 +26,7 @@ packages=(
   chromium           # the status page test drives a headless Chromium (npm:playwright-core)
   libwin-hivex-perl  # hivexregedit: the phony Windows guests' hives are filled and read with it
   virt-v2v           # the Windows conversion test compares its registry changes with virt-v2v's
+  xorriso            # xorriso -as mkisofs: the phony virtio-win ISO for VIRTIO_WIN=*.iso tests
 )
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

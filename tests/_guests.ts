@@ -7,6 +7,7 @@
  * | `phony-debian` | `scripts/make_phony_guest.sh … debian` | inspectable, not bootable (~20 s)    |
  * | `phony-fedora` | `scripts/make_phony_guest.sh … fedora` | inspectable, not bootable (~20 s)    |
  * | `phony-win10`, `phony-srv2019`, `phony-srv2022`, `phony-win7x86`, `phony-hibernated`, `phony-bitlocker` | `scripts/make_windows_guest.ts … VARIANT` | inspectable Windows, not bootable (~20 s) |
+ * | `phony-virtio-win-iso` | `scripts/make_virtio_win_iso.ts`     | the phony virtio-win tree as an ISO (~1 s) |
  *
  * Images live in `$VMSHIFT_GUEST_CACHE` (default `/var/cache/vmshift/guests`), named
  * `<name>-<key>.img` where the key is the start of the SHA-256 of the builder script and of
@@ -44,6 +45,12 @@ const BUILDERS = {
     script: "make_windows_guest.ts",
     args: ["bitlocker"],
     inputs: WINDOWS_INPUTS,
+  },
+  // Not a guest: the phony virtio-win tree as an ISO, cached the same way.
+  "phony-virtio-win-iso": {
+    script: "make_virtio_win_iso.ts",
+    args: [],
+    inputs: ["scripts/make_virtio_win_tree.ts"],
   },
 } as const satisfies Record<
   string,

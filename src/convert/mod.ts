@@ -3,7 +3,9 @@
  * qcow2 overlays (the source behind them is never written).
  *
  * 1. libguestfs opens the overlays (qcow2, discard passed through so that fstrim reaches
- *    them) and inspects them for operating systems; `--root` chooses among several.
+ *    them) and inspects them for operating systems; `--root` chooses among several. When
+ *    virtio-win is an ISO, it is one more drive, read-only and after the overlays, which
+ *    inspection, `--root` and fstrim leave out (see `windows/virtio.ts`, `copyFromIso`).
  * 2. The guest's filesystems are mounted as the guest mounts them, and the conversion for its
  *    type runs (Linux: see `linux/mod.ts`; Windows: see `windows/mod.ts`, which also says which
  *    devices the output must give the VM, in {@linkcode ConversionReport.devices}).
@@ -25,7 +27,14 @@ import { deviceMap } from "./_devices.ts";
 import { Guestfs } from "./guestfs.ts";
 import { convertLinux, familyOf } from "./linux/mod.ts";
 import { ConversionReport } from "./report.ts";
-import { convertWindows, locateVirtioWin, realPath, type StaticIp } from "./windows/mod.ts";
+import {
+  convertWindows,
+  copyFromIso,
+  locateVirtioWin,
+  realPath,
+  type StaticIp,
+  type VirtioWin,
+} from "./windows/mod.ts";
 import { withHive } from "./windows/registry.ts";
 
 export { ConversionReport } from "./report.ts";
@@ -92,13 +101,33 @@ export async function convert(
   for (const overlay of overlays) {
     g.addDrive(overlay, { format: "qcow2", discard: "besteffort", cachemode: "unsafe" });
   }
+  // virtio-win, for a Windows guest; which guest it is, only the appliance can tell, and a
+  // drive cannot be added after launch. A wrong VIRTIO_WIN is an error for Windows guests only.
+  let virtioWin: VirtioWin | undefined;
+  let virtioWinError: unknown;
+  try {
+    virtioWin = locateVirtioWin(options.env);
+  } catch (e) {
+    virtioWinError = e;
+  }
+  if (virtioWin?.kind === "iso") {
+    // After the overlays, so that they keep their device names (sda, sdb... in VM order, which
+    // _devices.ts and --root rely on); read-only, so the ISO is never written.
+    g.addDrive(virtioWin.path, { format: "raw", readonly: true });
+  }
   say("Opening the overlay");
   const kill = () => g.kill();
   signal.addEventListener("abort", kill, { once: true });
   try {
     await g.launch(signal);
+    // The ISO's device, which inspection, --root and fstrim must leave alone.
+    const iso = virtioWin?.kind === "iso" ? g.listDevices()[overlays.length] : undefined;
+    if (virtioWin?.kind === "iso" && iso === undefined) {
+      throw new Error(`virtio-win ISO ${virtioWin.path}: no device for it in the appliance`);
+    }
+    const onIso = (device: string) => iso !== undefined && onDisk(device, iso);
     say("Inspecting the overlay");
-    const root = await chooseRoot(g, options);
+    const root = await chooseRoot(g, options, onIso);
     const type = g.inspectGetType(root);
     const distro = g.inspectGetDistro(root);
     const major = g.inspectGetMajorVersion(root);
@@ -112,9 +141,16 @@ export async function convert(
     };
     // Listed now, before conversion: after it, list_filesystems takes a minute and more under
     // TCG (measured: 5 s before, 71 s after), and the conversion creates no filesystem.
-    const filesystems = options.fstrim ?? true ? await g.listFilesystems() : [];
+    const filesystems = options.fstrim ?? true
+      ? (await g.listFilesystems()).filter(([device]) => !onIso(device))
+      : [];
     if (type === "windows") {
-      await convertWindowsGuest(g, root, vm, report, ctx, options);
+      // Before anything is changed: a bad VIRTIO_WIN is an error, not a silent fallback.
+      if (virtioWinError !== undefined) throw virtioWinError;
+      const drivers = virtioWin?.kind === "iso"
+        ? { iso: virtioWin.path, device: iso! }
+        : virtioWin?.path;
+      await convertWindowsGuest(g, root, vm, report, ctx, options, drivers);
       await finish(g, filesystems, report, options, say, ctx);
       return report;
     }
@@ -176,10 +212,9 @@ async function convertWindowsGuest(
   report: ConversionReport,
   ctx: RunContext,
   options: ConvertOptions,
+  drivers: string | { iso: string; device: string } | undefined,
 ): Promise<void> {
   const product = report.guest?.product ?? "Windows";
-  // Before anything is changed: a bad VIRTIO_WIN is an error, not a silent fallback.
-  const virtioWin = locateVirtioWin(options.env);
   await g.mount(root, "/");
   const systemroot = realPath(g, g.inspectGetWindowsSystemroot(root));
   if (systemroot === undefined) throw new Error(`${product}: cannot find its Windows directory`);
@@ -197,6 +232,19 @@ async function convertWindowsGuest(
     (h) =>
       Number(h.getString(["Microsoft", "Windows NT", "CurrentVersion"], "CurrentBuildNumber") ?? 0),
   );
+  const major = g.inspectGetMajorVersion(root);
+  const minor = g.inspectGetMinorVersion(root);
+  const arch = g.inspectGetArch(root);
+  variant = variant === "unknown" ? "Client" : variant;
+  let virtioWin = typeof drivers === "string" ? drivers : undefined;
+  if (typeof drivers === "object") {
+    // Only what this guest needs, into the run's private directory (removed with it).
+    options.message?.(`Reading the virtio-win drivers from ${drivers.iso}`);
+    virtioWin = ctx.dir.join("virtio-win");
+    await g.umountAll();
+    await copyFromIso(g, drivers.device, virtioWin, { major, minor, build, variant, arch });
+    await g.mount(root, "/");
+  }
   options.message?.(`Converting ${product} to run on KVM`);
   const devices = await convertWindows({
     g,
@@ -209,13 +257,14 @@ async function convertWindowsGuest(
     systemHive: g.inspectGetWindowsSystemHive(root),
     softwareHive: software,
     controlSet: g.inspectGetWindowsCurrentControlSet(root),
-    major: g.inspectGetMajorVersion(root),
-    minor: g.inspectGetMinorVersion(root),
+    major,
+    minor,
     build,
-    variant: variant === "unknown" ? "Client" : variant,
-    arch: g.inspectGetArch(root),
+    variant,
+    arch,
     product,
     virtioWin,
+    virtioWinIso: typeof drivers === "object" ? drivers.iso : undefined,
     staticIps: options.staticIps ?? [],
   });
   report.devices = { disk: devices.block, nic: devices.nic };
@@ -228,8 +277,17 @@ function productName(product: string, distro: string): string {
   return product === "unknown" ? name : `${name} ${product}`;
 }
 
-async function chooseRoot(g: Guestfs, options: ConvertOptions): Promise<string> {
-  const roots = await g.inspectOs();
+/** Whether a device is a disk or one of its partitions (`/dev/sdb`, `/dev/sdb1`). */
+function onDisk(device: string, disk: string): boolean {
+  return device === disk || (device.startsWith(disk) && /^\d+$/.test(device.slice(disk.length)));
+}
+
+async function chooseRoot(
+  g: Guestfs,
+  options: ConvertOptions,
+  skip: (device: string) => boolean,
+): Promise<string> {
+  const roots = (await g.inspectOs()).filter((r) => !skip(r));
   if (!roots.length) {
     // list_filesystems leaves LUKS containers out: look at every partition and device.
     const luks = [...g.listPartitions(), ...g.listDevices()].filter((dev) => {

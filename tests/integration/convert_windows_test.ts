@@ -12,33 +12,10 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../_assert.ts";
 import { guestImage, type GuestName } from "../_guests.ts";
 import { Sandbox } from "./_harness.ts";
-import { Guestfs } from "../../src/convert/guestfs.ts";
+import { assertWin10Drivers, type Converted, readOutputs, type Registry } from "./_windows.ts";
 import { makeVirtioWinTree } from "../../scripts/make_virtio_win_tree.ts";
 import { NIC_GUID, VMWARE_TOOLS_GUID } from "../../scripts/make_windows_guest.ts";
 import { makeVmwareFixture } from "../../scripts/make_vmware_fixture.ts";
-
-/** A registry export: lower-cased key path → value name → `type:data` as hivexregedit prints. */
-type Registry = Map<string, { path: string; values: Map<string, string> }>;
-
-function parseReg(text: string): Registry {
-  const reg: Registry = new Map();
-  let current: Map<string, string> | undefined;
-  for (const line of text.split(/\r?\n/)) {
-    const key = /^\[(.*)\]$/.exec(line);
-    if (key) {
-      const path = key[1]!.replace(/^HKEY_LOCAL_MACHINE\\[A-Z]+\\?/, "");
-      current = new Map();
-      reg.set(path.toLowerCase(), { path, values: current });
-      continue;
-    }
-    const value = /^(@|"(?:[^"\\]|\\.)*")=(.*)$/.exec(line);
-    if (value && current) {
-      const name = value[1] === "@" ? "" : JSON.parse(value[1]!) as string;
-      current.set(name, value[2]!);
-    }
-  }
-  return reg;
-}
 
 /** One change a conversion made to a hive: a key added, or a value added or changed. */
 interface Change {
@@ -73,16 +50,6 @@ function hexText(data: string | undefined): string {
     s += String.fromCharCode(bytes[i]! | bytes[i + 1]! << 8);
   }
   return s.replace(/\0+$/, "");
-}
-
-/** What one conversion produced, read from its output disk. */
-interface Converted {
-  system: Registry;
-  software: Registry;
-  files: string[];
-  firstboot?: string;
-  scriptsIni?: string;
-  gptIni?: string;
 }
 
 /**
@@ -153,55 +120,6 @@ async function which(cmd: string): Promise<boolean> {
   const r = await new Deno.Command("sh", { args: ["-c", `command -v ${cmd}`], stdout: "null" })
     .output();
   return r.success;
-}
-
-/** Reads hives and a few files from raw output disks, all in one appliance launch. */
-async function readOutputs(disks: string[], dir: string): Promise<Converted[]> {
-  // KVM hangs on the test machines; vmshift itself never forces TCG, the tests do.
-  Deno.env.set("LIBGUESTFS_BACKEND", "direct");
-  Deno.env.set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-  await using g = Guestfs.create({ tmpdir: dir });
-  for (const d of disks) g.addDrive(d, { format: "raw", readonly: true });
-  await g.launch();
-  const out: Converted[] = [];
-  for (const [i, disk] of disks.entries()) {
-    await g.mount(`/dev/sd${String.fromCharCode(97 + i)}1`, "/");
-    const hives: Record<string, Registry> = {};
-    for (const hive of ["SYSTEM", "SOFTWARE"]) {
-      const local = `${dir}/${i}.${hive}`;
-      await g.download(`/Windows/System32/config/${hive}`, local);
-      const text = await new Deno.Command("hivexregedit", {
-        args: ["--export", "--prefix", `HKEY_LOCAL_MACHINE\\${hive}`, local, "\\"],
-        stdout: "piped",
-      }).output();
-      assert(text.success, `hivexregedit --export ${hive} of ${disk}`);
-      hives[hive] = parseReg(new TextDecoder().decode(text.stdout));
-    }
-    const files = [
-      ...g.globExpand("/Windows/Drivers/VirtIO/*"),
-      ...g.globExpand("/Windows/System32/drivers/*"),
-      ...g.globExpand("/Program Files/vmshift/firstboot/*"),
-    ];
-    const read = async (p: string) =>
-      g.isFile(p) ? new TextDecoder().decode(await g.readFile(p)) : undefined;
-    const utf16 = async (p: string) => {
-      if (!g.isFile(p)) return undefined;
-      const b = await g.readFile(p);
-      return String.fromCharCode(...new Uint16Array(b.buffer, b.byteOffset, b.byteLength >> 1))
-        .slice(1);
-    };
-    const converted: Converted = { system: hives.SYSTEM!, software: hives.SOFTWARE!, files };
-    const firstboot = await read("/Program Files/vmshift/firstboot/firstboot.cmd");
-    if (firstboot !== undefined) converted.firstboot = firstboot;
-    const ini = await utf16("/Windows/System32/GroupPolicy/Machine/Scripts/scripts.ini");
-    if (ini !== undefined) converted.scriptsIni = ini;
-    const gpt = await read("/Windows/System32/GroupPolicy/gpt.ini");
-    if (gpt !== undefined) converted.gptIni = gpt;
-    out.push(converted);
-    await g.umountAll();
-  }
-  await g.shutdown();
-  return out;
 }
 
 interface Case {
@@ -333,53 +251,7 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
   }
 
   await t.step("Windows 10: drivers for w10/amd64 only, boot driver in the DriverDatabase", () => {
-    const { ours } = results.get("phony-win10")!;
-    const staged = ours.files.filter((f) => f.startsWith("/Windows/Drivers/VirtIO/")).map((f) =>
-      f.slice(24)
-    ).sort();
-    assertEquals(staged, [
-      "balloon.cat",
-      "balloon.inf",
-      "balloon.sys",
-      "blnsvr.exe",
-      "netkvm.cat",
-      "netkvm.inf",
-      "netkvm.sys",
-      "netkvmco.exe",
-      "netkvmp.exe",
-      "qemu-ga.msi",
-      "viorng.cat",
-      "viorng.inf",
-      "viorng.sys",
-      "viorngci.dll",
-      "viorngum.dll",
-      "vioscsi.cat",
-      "vioscsi.inf",
-      "vioscsi.sys",
-      "vioser.cat",
-      "vioser.inf",
-      "vioser.sys",
-      "viostor.cat",
-      "viostor.inf",
-      "viostor.sys",
-    ]);
-    for (const d of ["viostor", "vioscsi", "netkvm", "balloon", "vioser", "viorng"]) {
-      assert(ours.files.includes(`/Windows/System32/drivers/${d}.sys`), `${d}.sys not installed`);
-    }
-    assert(
-      !ours.files.some((f) => /viofs|vioinput|qxl|pvpanic|fwcfg/.test(f)),
-      "optional driver installed",
-    );
-    const svc = ours.system.get("controlset001\\services\\viostor")!;
-    assertEquals(svc.values.get("Start"), "dword:00000000");
-    assertEquals(svc.values.get("Type"), "dword:00000001");
-    assert(
-      ours.system.has("driverdatabase\\deviceids\\pci\\ven_1af4&dev_1001&subsys_00021af4&rev_00"),
-    );
-    assert(
-      ours.system.has("driverdatabase\\deviceids\\pci\\ven_1af4&dev_1042&subsys_11001af4&rev_01"),
-    );
-    assert(![...ours.system.keys()].some((k) => k.includes("criticaldevicedatabase")));
+    assertWin10Drivers(results.get("phony-win10")!.ours);
   });
 
   await t.step(

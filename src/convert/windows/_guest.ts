@@ -57,8 +57,13 @@ export interface WindowsGuest {
   arch: string;
   /** Product name, e.g. `Windows Server 2019 Standard`. */
   product: string;
-  /** The virtio-win directory, or undefined when none was found. */
+  /**
+   * The virtio-win directory, or undefined when none was found. For an ISO, a host directory
+   * holding the part of the ISO this guest needs (see `copyFromIso`).
+   */
   virtioWin: string | undefined;
+  /** The virtio-win ISO that {@linkcode virtioWin} was copied from, for messages. */
+  virtioWinIso?: string | undefined;
   /** Static IP settings given with `--mac`, by MAC. */
   staticIps: StaticIp[];
 }

@@ -15,7 +15,7 @@ import { disableVmwareServices, findVmwareTools } from "./vmware.ts";
 
 export { realPath, type StaticIp, type WindowsGuest } from "./_guest.ts";
 export { parseMacIp } from "./firstboot.ts";
-export { locateVirtioWin } from "./virtio.ts";
+export { copyFromIso, locateVirtioWin, type VirtioWin } from "./virtio.ts";
 
 /**
  * Makes a Windows guest boot on KVM: virtio drivers (or emulated devices when there are

@@ -67,30 +67,79 @@ export interface InstalledDrivers {
   agentMsi?: string;
 }
 
+/** Where the virtio-win drivers are: a directory (the ISO's tree) or the ISO itself. */
+export type VirtioWin = { kind: "dir"; path: string } | { kind: "iso"; path: string };
+
+/** Where virtio-win is installed when `VIRTIO_WIN` is not set (the virtio-win package's path). */
+export const VIRTIO_WIN_INSTALL_DIR = "/usr/share/virtio-win";
+
+/** Byte offset of the ISO 9660 standard identifier `CD001` in the first volume descriptor. */
+const ISO9660_MAGIC_OFFSET = 16 * 2048 + 1;
+
 /**
- * Where the virtio-win drivers are.
+ * Where the virtio-win drivers are, as virt-v2v looks: `VIRTIO_WIN`, its old name
+ * `VIRTIO_WIN_DIR`, then `virtio-win.iso` in the install directory when it is there, then the
+ * install directory itself. Each may be a directory or an ISO 9660 image.
+ *
+ * An ISO is checked here (a regular file, readable, not empty, with an ISO 9660 volume
+ * descriptor), so that a wrong one is refused before the appliance starts and before any
+ * change to the guest; the conversion then reads it through the appliance (see
+ * {@linkcode copyFromIso}).
  *
  * @param env Environment lookup. @default Deno.env.get
- * @returns The directory, or undefined when there is none (then say so and fall back).
- * @throws {Error} When `VIRTIO_WIN` names something that is not a usable directory.
+ * @param installDir Where virtio-win is installed. @default VIRTIO_WIN_INSTALL_DIR
+ * @returns The directory or ISO, or undefined when there is none (then say so and fall back).
+ * @throws {Error} Naming the path, when it is given but is neither a usable directory nor a
+ *   readable ISO 9660 image.
  */
 export function locateVirtioWin(
   env: (name: string) => string | undefined = (n) => Deno.env.get(n),
-): string | undefined {
+  installDir: string = VIRTIO_WIN_INSTALL_DIR,
+): VirtioWin | undefined {
   const given = env("VIRTIO_WIN") ?? env("VIRTIO_WIN_DIR");
-  const path = given ?? "/usr/share/virtio-win";
+  let path = given ?? installDir;
+  if (given === undefined) {
+    // virt-v2v prefers the installed ISO: the virtio-win package ships its drivers there.
+    const iso = `${installDir}/virtio-win.iso`;
+    try {
+      if (Deno.statSync(iso).isFile) path = iso;
+    } catch {
+      // No ISO: the directory.
+    }
+  }
+  const what = given === undefined ? "virtio-win" : "VIRTIO_WIN";
   let info: Deno.FileInfo;
   try {
     info = Deno.statSync(path);
   } catch (e) {
     if (given === undefined && e instanceof Deno.errors.NotFound) return undefined;
-    throw new Error(`Cannot use VIRTIO_WIN "${path}": ${errorMessage(e)}`);
+    throw new Error(`Cannot use ${what} "${path}": ${errorMessage(e)}`);
   }
-  if (info.isDirectory) return path;
-  throw new Error(
-    `Cannot use virtio-win "${path}": vmshift reads a directory, not an ISO yet; mount the ` +
-      `ISO (mount -o loop,ro ${path} /mnt/virtio-win) and set VIRTIO_WIN=/mnt/virtio-win`,
-  );
+  if (info.isDirectory) return { kind: "dir", path };
+  const refuse = (why: string) =>
+    new Error(
+      `Cannot use ${what} "${path}": ${why}; it must be the virtio-win directory or the ` +
+        "virtio-win ISO (virtio-win.iso)",
+    );
+  if (!info.isFile) throw refuse("not a directory nor a regular file");
+  if (info.size === 0) throw refuse("the file is empty");
+  const magic = new Uint8Array(5);
+  let read = 0;
+  try {
+    using file = Deno.openSync(path, { read: true });
+    file.seekSync(ISO9660_MAGIC_OFFSET, Deno.SeekMode.Start);
+    while (read < magic.length) {
+      const n = file.readSync(magic.subarray(read));
+      if (n === null) break;
+      read += n;
+    }
+  } catch (e) {
+    throw refuse(`cannot read it (${errorMessage(e)})`);
+  }
+  if (read < magic.length || new TextDecoder().decode(magic) !== "CD001") {
+    throw refuse("not an ISO 9660 image (no CD001 volume descriptor)");
+  }
+  return { kind: "iso", path };
 }
 
 /**
@@ -118,35 +167,104 @@ export function osDirNames(
   return servers.slice(first < 0 ? servers.length - 1 : first).map(([, dir]) => dir);
 }
 
-/** Finds an entry of a host directory without regard to case. */
-function entryNoCase(dir: string, name: string): string | undefined {
+/** Lists a directory's entry names; throws when it is not a directory. */
+type Lister = (dir: string) => string[];
+
+/** Lists a host directory. */
+const hostList: Lister = (dir) => [...Deno.readDirSync(dir)].map((e) => e.name);
+
+/** Finds an entry of a directory without regard to case. */
+function entryNoCase(dir: string, name: string, list: Lister = hostList): string | undefined {
   try {
-    for (const e of Deno.readDirSync(dir)) {
-      if (e.name.toLowerCase() === name.toLowerCase()) return `${dir}/${e.name}`;
-    }
+    const found = list(dir).find((e) => e.toLowerCase() === name.toLowerCase());
+    return found === undefined ? undefined : `${dir === "/" ? "" : dir}/${found}`;
   } catch {
     // Not a directory.
   }
   return undefined;
 }
 
-/** The host directory holding one driver for the guest, or undefined. */
+/** The directory holding one driver for the guest, or undefined. */
 function driverDir(
   root: string,
   driver: Driver,
   osDirs: string[],
   arch: string,
+  list: Lister = hostList,
 ): string | undefined {
-  const base = entryNoCase(root, driver.dir);
+  const base = entryNoCase(root, driver.dir, list);
   if (base === undefined) return undefined;
   for (const os of osDirs) {
-    const osDir = entryNoCase(base, os);
-    const dir = osDir && entryNoCase(osDir, arch === "x86_64" ? "amd64" : "x86");
-    if (dir && entryNoCase(dir, `${driver.name}.inf`) && entryNoCase(dir, `${driver.name}.sys`)) {
+    const osDir = entryNoCase(base, os, list);
+    const dir = osDir && entryNoCase(osDir, arch === "x86_64" ? "amd64" : "x86", list);
+    if (
+      dir && entryNoCase(dir, `${driver.name}.inf`, list) &&
+      entryNoCase(dir, `${driver.name}.sys`, list)
+    ) {
       return dir;
     }
   }
   return undefined;
+}
+
+/** The guest agent installer names for an architecture, best first. */
+function agentNames(arch: string): string[] {
+  return arch === "x86_64"
+    ? ["qemu-ga-x86_64.msi", "qemu-ga-x64.msi"]
+    : ["qemu-ga-i386.msi", "qemu-ga-x86.msi"];
+}
+
+/**
+ * Copies from the virtio-win ISO the files {@linkcode installVirtioDrivers} would take for
+ * this guest (each driver's directory for its release and architecture, the guest agent
+ * installer) into a host directory, in the ISO's layout, so that the installation then reads
+ * a virtio-win tree as from a directory. A few megabytes, never the whole ISO.
+ *
+ * Why this way: the ISO is an extra read-only drive of the conversion's own appliance (no
+ * second launch, no loop mount, no root on the host). libguestfs mounts every filesystem
+ * under the one tree rooted at the guest's `/`, and `mkmountpoint` only works before the
+ * first mount (its mount points are hidden once the guest is mounted at `/`), so the ISO
+ * cannot be mounted beside the mounted guest without creating a directory in the guest. It
+ * is mounted at `/` instead, with the guest unmounted, for as long as the copy takes.
+ *
+ * @param g The handle, with nothing mounted; nothing is mounted when it returns.
+ * @param device The ISO's device in the appliance, e.g. `/dev/sdb`.
+ * @param dest The host directory to fill (created; the run's private directory).
+ * @param guest Release and architecture, which choose the drivers.
+ */
+export async function copyFromIso(
+  g: WindowsGuest["g"],
+  device: string,
+  dest: string,
+  guest: Pick<WindowsGuest, "major" | "minor" | "build" | "variant" | "arch">,
+): Promise<void> {
+  await Deno.mkdir(dest, { recursive: true });
+  await g.mountRo(device, "/");
+  try {
+    const list: Lister = (dir) => {
+      if (!g.isDir(dir)) throw new Error(`${dir}: not a directory`);
+      return g.ls(dir);
+    };
+    const copy = async (dir: string, name: string) => {
+      await Deno.mkdir(`${dest}${dir}`, { recursive: true });
+      await g.download(`${dir}/${name}`, `${dest}${dir}/${name}`);
+    };
+    const osDirs = osDirNames(guest);
+    for (const driver of DRIVERS) {
+      const dir = driverDir("/", driver, osDirs, guest.arch, list);
+      if (dir === undefined) continue;
+      for (const name of g.ls(dir)) {
+        if (/\.pdb$/i.test(name) || !g.isFile(`${dir}/${name}`)) continue;
+        await copy(dir, name);
+      }
+    }
+    const agentDir = entryNoCase("/", "guest-agent", list);
+    const msi = agentDir &&
+      agentNames(guest.arch).map((n) => entryNoCase(agentDir, n, list)).find((p) => p);
+    if (msi) await copy(agentDir, msi.slice(agentDir.length + 1));
+  } finally {
+    await g.umount("/");
+  }
 }
 
 /** Bytes of a GUID as Windows stores it: the first three fields little-endian. */
@@ -227,22 +345,28 @@ export async function installVirtioDrivers(guest: WindowsGuest): Promise<Install
     `${guest.variant}, ${guest.arch})`;
   if (guest.virtioWin === undefined) {
     report.problem(
-      `No virtio-win drivers found (set VIRTIO_WIN to the virtio-win directory, or install ` +
+      `No virtio-win drivers found (set VIRTIO_WIN to the virtio-win directory or ISO, or install ` +
         `them in /usr/share/virtio-win): ${describe} will use slower emulated devices, SATA ` +
         "disks and e1000 NICs",
     );
     return fallback;
   }
+  const root = guest.virtioWin;
+  // Paths as the user knows them: in the ISO, not in the copy of its part we read.
+  const shown = (path: string) =>
+    guest.virtioWinIso === undefined
+      ? path
+      : `${guest.virtioWinIso}:${path.slice(root.length) || "/"}`;
   const osDirs = osDirNames(guest);
   const found = DRIVERS.map((d) => ({
     driver: d,
-    dir: driverDir(guest.virtioWin!, d, osDirs, guest.arch),
+    dir: driverDir(root, d, osDirs, guest.arch),
   }));
   const missing = found.filter((f) => f.dir === undefined).map((f) => f.driver.name);
   const have = found.filter((f): f is { driver: Driver; dir: string } => f.dir !== undefined);
   if (!have.length) {
     report.problem(
-      `virtio-win in ${guest.virtioWin} has no drivers for ${describe} (looked in ` +
+      `virtio-win in ${shown(root)} has no drivers for ${describe} (looked in ` +
         `${osDirs.join(", ") || "no directory"}): the guest will use slower emulated devices, ` +
         "SATA disks and e1000 NICs",
     );
@@ -250,7 +374,7 @@ export async function installVirtioDrivers(guest: WindowsGuest): Promise<Install
   }
   if (missing.length) {
     report.problem(
-      `virtio-win in ${guest.virtioWin} lacks ${missing.join(", ")} for ${describe}`,
+      `virtio-win in ${shown(root)} lacks ${missing.join(", ")} for ${describe}`,
     );
   }
 
@@ -264,7 +388,7 @@ export async function installVirtioDrivers(guest: WindowsGuest): Promise<Install
     }
     g.cp(`${staged}/${driver.name}.sys`, `${drivers}/${driver.name}.sys`);
     report.changed(
-      `Installed the ${driver.name} driver (${driver.what}) from ${dir} into ` +
+      `Installed the ${driver.name} driver (${driver.what}) from ${shown(dir)} into ` +
         `${windowsPath(drivers)} and staged its package in ${windowsPath(staged)}`,
     );
   }
@@ -292,17 +416,15 @@ export async function installVirtioDrivers(guest: WindowsGuest): Promise<Install
 
   const result: InstalledDrivers = { block, nic, drivers: installed, staged };
   const agentDir = entryNoCase(guest.virtioWin, "guest-agent");
-  const names = guest.arch === "x86_64"
-    ? ["qemu-ga-x86_64.msi", "qemu-ga-x64.msi"]
-    : ["qemu-ga-i386.msi", "qemu-ga-x86.msi"];
-  const msi = agentDir && names.map((n) => entryNoCase(agentDir, n)).find((p) => p);
+  const msi = agentDir &&
+    agentNames(guest.arch).map((n) => entryNoCase(agentDir, n)).find((p) => p);
   if (msi) {
     result.agentMsi = `${staged}/qemu-ga.msi`;
     await g.upload(msi, result.agentMsi);
-    report.changed(`Copied the QEMU guest agent installer ${msi} for the first boot`);
+    report.changed(`Copied the QEMU guest agent installer ${shown(msi)} for the first boot`);
   } else {
     report.problem(
-      `virtio-win in ${guest.virtioWin} has no QEMU guest agent installer for ${guest.arch}: ` +
+      `virtio-win in ${shown(root)} has no QEMU guest agent installer for ${guest.arch}: ` +
         "install the agent by hand",
     );
   }

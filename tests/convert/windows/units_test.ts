@@ -9,6 +9,7 @@
 import { assert, assertEquals, assertStringIncludes, assertThrows } from "../../_assert.ts";
 import { emptyHive } from "../../../scripts/_regf.ts";
 import { makeVirtioWinTree } from "../../../scripts/make_virtio_win_tree.ts";
+import { guestImage } from "../../_guests.ts";
 import {
   decodeValue,
   encodeValue,
@@ -122,9 +123,11 @@ Deno.test("virtio-win is found through VIRTIO_WIN, VIRTIO_WIN_DIR or not at all"
   try {
     await makeVirtioWinTree(`${dir}/tree`, { only: ["w10"] });
     const env = (vars: Record<string, string>) => (n: string) => vars[n];
-    assertEquals(locateVirtioWin(env({ VIRTIO_WIN: `${dir}/tree` })), `${dir}/tree`);
-    assertEquals(locateVirtioWin(env({ VIRTIO_WIN_DIR: `${dir}/tree` })), `${dir}/tree`);
+    const tree = { kind: "dir", path: `${dir}/tree` };
+    assertEquals(locateVirtioWin(env({ VIRTIO_WIN: `${dir}/tree` })), tree);
+    assertEquals(locateVirtioWin(env({ VIRTIO_WIN_DIR: `${dir}/tree` })), tree);
     // Nothing given and nothing installed: no drivers (the conversion then falls back).
+    assertEquals(locateVirtioWin(env({}), `${dir}/nothing-here`), undefined);
     if (!(await Deno.stat("/usr/share/virtio-win").catch(() => undefined))) {
       assertEquals(locateVirtioWin(env({})), undefined);
     }
@@ -138,7 +141,32 @@ Deno.test("virtio-win is found through VIRTIO_WIN, VIRTIO_WIN_DIR or not at all"
     assertThrows(
       () => locateVirtioWin(env({ VIRTIO_WIN: `${dir}/virtio-win.iso` })),
       Error,
-      "not an ISO yet",
+      `Cannot use VIRTIO_WIN "${dir}/virtio-win.iso": not an ISO 9660 image`,
+    );
+    await Deno.writeTextFile(`${dir}/empty.iso`, "");
+    assertThrows(
+      () => locateVirtioWin(env({ VIRTIO_WIN: `${dir}/empty.iso` })),
+      Error,
+      `Cannot use VIRTIO_WIN "${dir}/empty.iso": the file is empty`,
+    );
+    // An ISO: its volume descriptor is checked, the file is not opened for writing.
+    const iso = await guestImage("phony-virtio-win-iso");
+    assertEquals(locateVirtioWin(env({ VIRTIO_WIN: iso })), { kind: "iso", path: iso });
+    // Installed: the ISO in the install directory first, as virt-v2v does, then the directory.
+    const installed = `${dir}/installed`;
+    await makeVirtioWinTree(installed, { only: ["w10"] });
+    assertEquals(locateVirtioWin(env({}), installed), { kind: "dir", path: installed });
+    await Deno.copyFile(iso, `${installed}/virtio-win.iso`);
+    assertEquals(locateVirtioWin(env({}), installed), {
+      kind: "iso",
+      path: `${installed}/virtio-win.iso`,
+    });
+    // ... and a broken installed ISO is an error naming it.
+    await Deno.writeTextFile(`${installed}/virtio-win.iso`, "");
+    assertThrows(
+      () => locateVirtioWin(env({}), installed),
+      Error,
+      `Cannot use virtio-win "${installed}/virtio-win.iso": the file is empty`,
     );
     // The phony tree has the real layout and names.
     assert((await Deno.stat(`${dir}/tree/viostor/w10/amd64/viostor.sys`)).isFile);
@@ -172,4 +200,33 @@ Deno.test("--mac MAC:ip: parses as virt-v2v spells it; other forms pass, bad one
   const cli = parseCli([...base, "--mac", "52:54:00:aa:bb:cc:ip:10.0.0.5,10.0.0.1,24"]);
   assertEquals(cli.staticIps.map((s) => s.address), ["10.0.0.5"]);
   assertThrows(() => parseCli([...base, "--mac", "nope"]), UsageError, 'Bad --mac "nope"');
+});
+
+Deno.test("an unreadable VIRTIO_WIN file is refused with its name", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmshift-virtio-win-test-" });
+  try {
+    const path = `${dir}/virtio-win.iso`;
+    await Deno.copyFile(await guestImage("phony-virtio-win-iso"), path);
+    await Deno.chmod(path, 0o000);
+    // Root reads any file: drop the capabilities that let it (the file stays root's, mode 0).
+    const module = new URL("../../../src/convert/windows/virtio.ts", import.meta.url).href;
+    const script = `import { locateVirtioWin } from "${module}";
+      try { locateVirtioWin((n) => n === "VIRTIO_WIN" ? ${JSON.stringify(path)} : undefined); }
+      catch (e) { console.log(e.message); }`;
+    const cmd = Deno.uid() === 0
+      ? ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", Deno.execPath()]
+      : [Deno.execPath()];
+    const r = await new Deno.Command(cmd[0]!, {
+      args: [...cmd.slice(1), "eval", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert(r.success, new TextDecoder().decode(r.stderr));
+    assertStringIncludes(
+      new TextDecoder().decode(r.stdout),
+      `Cannot use VIRTIO_WIN "${path}": cannot read it (`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
