@@ -183,3 +183,93 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "a RHEL 9 guest whose default kernel lacks virtio boots the one that has it (-i disk)",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async (t) => {
+    const cached = await guestImage("phony-rhel");
+    await using sb = await Sandbox.create();
+    // A copy (the cached image is read-only): the newest kernel loses virtio_blk and is made
+    // the default.
+    const image = join(sb.work, "newest.img");
+    await Deno.copyFile(cached, image);
+    await Deno.chmod(image, 0o644);
+    {
+      await using g = Guestfs.create();
+      g.addDrive(image, { format: "raw" });
+      await g.launch();
+      await g.mount("/dev/sda2", "/");
+      await g.mount("/dev/sda1", "/boot");
+      g.rm(`/usr/lib/modules/${KVER}/kernel/drivers/block/virtio_blk.ko.xz`);
+      await g.write("/var/lib/vmshift-standins/default-kernel", `/boot/vmlinuz-${KVER}\n`);
+      await g.shutdown();
+    }
+    const before = await sha256(image);
+    const out = join(sb.work, "out");
+    await Deno.mkdir(out);
+
+    const r = await sb.run(
+      ["-i", "disk", image, "-o", "local", "-os", out, "--machine-readable"],
+      { convert: true },
+    );
+    assertEquals(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const report = lines.find((l) => l.type === "conversion");
+    assert(report, r.stdout);
+    const changes: string = report.changes.join("\n");
+
+    await t.step("the report names the kernel without virtio and the new default", () => {
+      assertEquals(report.problems, [
+        `Kernel ${KVER} lacks virtio_blk: it cannot boot on KVM`,
+      ]);
+      assert(
+        changes.includes(
+          `Default kernel: /boot/vmlinuz-${KVER_OLD} (was /boot/vmlinuz-${KVER})`,
+        ),
+        changes,
+      );
+      assert(!changes.includes(`Rebuilt /boot/initramfs-${KVER}.img`), changes);
+      assert(changes.includes("(the only one) keeps the name ens192"), changes);
+    });
+
+    await using g = Guestfs.create();
+    g.addDrive(join(out, "newest-sda"), { format: "raw", readonly: true });
+    await g.launch();
+    await g.mountRo("/dev/sda2", "/");
+    await g.mountRo("/dev/sda1", "/boot");
+    const log = (await g.cat("/var/log/vmshift-standins.log")).split("\n");
+
+    await t.step(
+      "only the kernel with virtio was rebuilt, and grubby made it the default",
+      async () => {
+        assert(!log.some((l) => l.startsWith("dracut") && l.includes(KVER)), log.join("\n"));
+        assert(
+          log.includes(
+            `dracut -f --add-drivers "${DRIVERS}" /boot/initramfs-${KVER_OLD}.img ${KVER_OLD}`,
+          ),
+          log.join("\n"),
+        );
+        assert(log.includes(`grubby --set-default /boot/vmlinuz-${KVER_OLD}`), log.join("\n"));
+        assertEquals(
+          (await g.cat("/var/lib/vmshift-standins/default-kernel")).trim(),
+          `/boot/vmlinuz-${KVER_OLD}`,
+        );
+      },
+    );
+
+    await t.step("without a MAC, the name is pinned on the virtio NIC", async () => {
+      const link = await g.cat("/etc/systemd/network/70-vmshift-ens192.link");
+      assert(link.includes("Driver=virtio_net") && link.includes("Name=ens192"), link);
+      assert(!link.includes("MACAddress"), link);
+    });
+
+    await g.shutdown();
+
+    await t.step("the source is unchanged and nothing is left behind", async () => {
+      assertEquals(await sha256(image), before);
+      await sb.assertNothingLeft();
+    });
+  },
+});
