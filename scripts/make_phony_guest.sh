@@ -22,16 +22,24 @@
 # fedora: /etc/redhat-release (38), os-release, ifcfg-ens192 with HWADDR=, /boot/grub2 with
 #         a BLS entry; an RPM database (sqlite, built with Debian's rpm, installed when
 #         missing) listing empty stand-in packages: kernel-core, open-vm-tools, grub2-pc...
+# rhel:   the fedora layout as RHEL 9.3 has it (no BLS entry: grub.cfg lists the kernel),
+#         /etc/selinux/config enforcing, /usr/lib/systemd/systemd-udevd, PLUS programs, so
+#         that a conversion runs end to end: the host's bash with its libraries as /bin/sh,
+#         Debian's static busybox (busybox-static) for grep, sed, cat..., and sh scripts
+#         standing in for rpm, dracut, lsinitrd, grub2-mkconfig and grubby (see
+#         rhel_standins below). Each stand-in logs its argv to /var/log/vmshift-standins.log.
+#         busybox is not /bin/sh: its ash runs its own applets (it has an "rpm") before any
+#         program of that name in PATH.
 #
 # libguestfs runs with LIBGUESTFS_BACKEND=direct and, unless LIBGUESTFS_BACKEND_SETTINGS is
 # set (even to empty), force_tcg, because KVM hangs on our build machines.
 set -euo pipefail
 
-usage() { echo "usage: $0 OUT.img [debian|fedora]" >&2; exit 2; }
+usage() { echo "usage: $0 OUT.img [debian|fedora|rhel]" >&2; exit 2; }
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
 out=$1
 variant=${2:-debian}
-case $variant in debian | fedora) ;; *) usage ;; esac
+case $variant in debian | fedora | rhel) ;; *) usage ;; esac
 
 export LIBGUESTFS_BACKEND=${LIBGUESTFS_BACKEND:-direct}
 export LIBGUESTFS_BACKEND_SETTINGS=${LIBGUESTFS_BACKEND_SETTINGS-force_tcg}
@@ -41,7 +49,7 @@ say() { printf '[make_phony_guest %3ds] %s\n' $((SECONDS - start)) "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 command -v guestfish >/dev/null || die "guestfish not found (apt-get install libguestfs-tools)"
-if [ "$variant" = fedora ] && ! command -v rpmbuild >/dev/null; then
+if [ "$variant" != debian ] && ! command -v rpmbuild >/dev/null; then
   [ "$(id -u)" = 0 ] || die "rpmbuild not found (apt-get install rpm)"
   say "installing rpm (rpmbuild and the rpm database tools)"
   export DEBIAN_FRONTEND=noninteractive
@@ -116,6 +124,169 @@ GRUB_CMDLINE_LINUX_DEFAULT="quiet"
 GRUB_CMDLINE_LINUX="$1"
 GRUB_DISABLE_LINUX_UUID=true
 EOF
+}
+
+# The rhel variant's programs: bash (with its libraries) as /bin/sh, busybox for the
+# utilities, and stand-ins for the RHEL tools vmshift runs in the guest. Each stand-in logs
+# its argv (arguments with spaces in double quotes) to /var/log/vmshift-standins.log and
+# behaves, for what vmshift asks of it, as the real tool does; their state lives in
+# /var/lib/vmshift-standins (rpm-packages: the installed package names; default-kernel).
+rhel_standins() {
+  local lib applet
+  for lib in $(ldd /usr/bin/bash | grep -o '/[^ ]*'); do
+    mkdir -p "$t$(dirname "$lib")"
+    cp -L "$lib" "$t$lib"
+  done
+  cp /bin/busybox "$t/usr/bin/busybox"
+  for applet in awk basename cat chmod cp cut dirname echo find grep head ln mkdir mv printf \
+    rm sed sleep sort tail touch tr uname wc; do
+    ln -s busybox "$t/usr/bin/$applet"
+  done
+  mkdir -p "$t/etc/selinux" "$t/usr/lib/systemd" "$t/var/lib/vmshift-standins" \
+    "$t/usr/lib/vmshift-standins"
+  printf 'SELINUX=enforcing\nSELINUXTYPE=targeted\n' >"$t/etc/selinux/config"
+  printf 'fake systemd-udevd\n' >"$t/usr/lib/systemd/systemd-udevd"
+  chmod 755 "$t/usr/lib/systemd/systemd-udevd"
+  printf 'add_drivers+=" vmw_pvscsi "\n' >"$t/etc/dracut.conf"
+  printf '%s\n' redhat-release kernel-core kernel-modules grub2-pc grubby dracut open-vm-tools \
+    >"$t/var/lib/vmshift-standins/rpm-packages"
+  # The default kernel is pinned to the older one, which has virtio too: it must stay.
+  printf '/boot/vmlinuz-%s\n' "$kver_old" >"$t/var/lib/vmshift-standins/default-kernel"
+  cat >"$t/usr/lib/vmshift-standins/common.sh" <<'EOF'
+# Sourced by the stand-ins.
+log() {
+  { printf '%s' "$1"; shift
+    for a in "$@"; do case $a in *' '*) printf ' "%s"' "$a" ;; *) printf ' %s' "$a" ;; esac; done
+    printf '\n'; } >>/var/log/vmshift-standins.log
+}
+state=/var/lib/vmshift-standins
+EOF
+  cat >"$t/usr/bin/rpm" <<'EOF'
+#!/bin/sh
+# rpm stand-in: -qa (names, whatever --qf asks), -q NAME..., -e NAME...
+. /usr/lib/vmshift-standins/common.sh
+log rpm "$@"
+db=$state/rpm-packages
+case $1 in
+-qa) cat "$db" ;;
+-q)
+  shift; rc=0
+  for p in "$@"; do
+    if grep -qx "$p" "$db"; then echo "$p"; else echo "package $p is not installed"; rc=1; fi
+  done
+  exit $rc ;;
+-e)
+  shift
+  for p in "$@"; do
+    grep -qx "$p" "$db" || { echo "error: package $p is not installed" >&2; exit 1; }
+  done
+  for p in "$@"; do
+    grep -vx "$p" "$db" >"$db.new"; mv "$db.new" "$db"
+  done ;;
+*) echo "rpm stand-in: unsupported: $*" >&2; exit 1 ;;
+esac
+EOF
+  cat >"$t/usr/bin/dracut" <<'EOF'
+#!/bin/sh
+# dracut stand-in: [-f] [--add-drivers "LIST"] [IMAGE [KVER]]. The "initramfs" it writes is
+# the list of the modules it holds (drivers of --add-drivers and of add_drivers in
+# /etc/dracut.conf{,.d/*.conf}), as lsinitrd prints them; a missing module is an error.
+. /usr/lib/vmshift-standins/common.sh
+log dracut "$@"
+force= drivers= image= kver=
+while [ $# -gt 0 ]; do
+  case $1 in
+  -f | --force) force=1 ;;
+  --add-drivers) drivers="$drivers $2"; shift ;;
+  --add-drivers=*) drivers="$drivers ${1#*=}" ;;
+  -*) echo "dracut stand-in: unsupported option $1" >&2; exit 1 ;;
+  *) if [ -z "$image" ]; then image=$1; elif [ -z "$kver" ]; then kver=$1; fi ;;
+  esac
+  shift
+done
+[ -n "$kver" ] || { echo "dracut stand-in: no kernel version given" >&2; exit 1; }
+[ -n "$image" ] || image=/boot/initramfs-$kver.img
+if [ -e "$image" ] && [ -z "$force" ]; then
+  echo "dracut: Will not override existing initramfs ($image) without --force" >&2; exit 1
+fi
+[ -d "/lib/modules/$kver" ] || { echo "dracut: Cannot find module directory /lib/modules/$kver/" >&2; exit 1; }
+conf=$(sed -n 's/^[[:space:]]*add_drivers+*=[[:space:]]*"\(.*\)"/\1/p' /etc/dracut.conf /etc/dracut.conf.d/*.conf 2>/dev/null)
+: >"$image.new"
+for d in $drivers $conf; do
+  path=$(find "/lib/modules/$kver/kernel" -name "$d.ko*" | head -n 1)
+  if [ -z "$path" ]; then
+    echo "dracut-install: Failed to find module '$d'" >&2; rm -f "$image.new"; exit 1
+  fi
+  echo "usr/lib/modules/$kver/${path#/lib/modules/$kver/}" >>"$image.new"
+done
+mv "$image.new" "$image"
+EOF
+  cat >"$t/usr/bin/lsinitrd" <<'EOF'
+#!/bin/sh
+# lsinitrd stand-in: lists what the dracut stand-in wrote.
+. /usr/lib/vmshift-standins/common.sh
+log lsinitrd "$@"
+[ -f "$1" ] || { echo "$1: No such file or directory" >&2; exit 1; }
+echo "Image: $1"
+echo "========================================================================"
+cat "$1"
+EOF
+  cat >"$t/usr/sbin/grub2-mkconfig" <<'EOF'
+#!/bin/sh
+# grub2-mkconfig stand-in: -o FILE. Writes a menu entry per /boot/vmlinuz-*, newest first,
+# with root= the device mounted on / (what grub2-probe finds; in the conversion appliance,
+# the source's name) and GRUB_CMDLINE_LINUX of /etc/default/grub.
+. /usr/lib/vmshift-standins/common.sh
+log grub2-mkconfig "$@"
+out=/dev/stdout
+while [ $# -gt 0 ]; do
+  case $1 in
+  -o) out=$2; shift ;;
+  --output=*) out=${1#*=} ;;
+  *) echo "grub2-mkconfig stand-in: unsupported argument $1" >&2; exit 1 ;;
+  esac
+  shift
+done
+. /etc/default/grub
+dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/self/mounts)
+case $dev in /dev/*) ;; *) echo "grub2-probe: error: cannot find a device for / (got \"$dev\")" >&2; exit 1 ;; esac
+prefix=/boot
+if awk '$2 == "/boot" { found = 1 } END { exit !found }' /proc/self/mounts; then prefix=; fi
+echo "Generating grub configuration file ..." >&2
+{
+  echo "set default=\"${GRUB_DEFAULT:-0}\""
+  echo "set timeout=${GRUB_TIMEOUT:-5}"
+  for k in $(ls -1 /boot/vmlinuz-* | sort -r); do
+    v=${k#/boot/vmlinuz-}
+    echo "menuentry 'Red Hat Enterprise Linux ($v) 9.3 (Plow)' --class red --class gnu-linux --class gnu --class os {"
+    echo "	insmod part_msdos"
+    echo "	insmod ext2"
+    echo "	set root='hd0,msdos1'"
+    echo "	linux	$prefix/vmlinuz-$v root=$dev ro $GRUB_CMDLINE_LINUX"
+    echo "	initrd	$prefix/initramfs-$v.img"
+    echo "}"
+  done
+} >"$out.new" && mv "$out.new" "$out"
+echo "done" >&2
+EOF
+  cat >"$t/usr/sbin/grubby" <<'EOF'
+#!/bin/sh
+# grubby stand-in: --default-kernel, --set-default KERNEL.
+. /usr/lib/vmshift-standins/common.sh
+log grubby "$@"
+case $1 in
+--default-kernel) cat "$state/default-kernel" ;;
+--set-default | --set-default=*)
+  k=${1#--set-default}; k=${k#=}; [ -n "$k" ] || k=$2
+  [ -f "$k" ] || { echo "grubby: The param $k is incorrect" >&2; exit 1; }
+  echo "$k" >"$state/default-kernel"
+  echo "The default is /boot/loader/entries/$k.conf with index 0 and kernel $k" ;;
+*) echo "grubby stand-in: unsupported: $*" >&2; exit 1 ;;
+esac
+EOF
+  chmod 755 "$t"/usr/bin/{rpm,dracut,lsinitrd} "$t"/usr/sbin/{grub2-mkconfig,grubby}
+  # ls is the host's, which needs more libraries than bash: busybox's instead.
+  ln -sf busybox "$t/usr/bin/ls"
 }
 
 cat >"$t/etc/X11/xorg.conf" <<'EOF'
@@ -208,11 +379,26 @@ EOF
     : >"$t/var/lib/dpkg/info/$p.list"
   done
   ;;
-fedora)
+fedora | rhel)
+  if [ "$variant" = rhel ]; then
+    kver=5.14.0-362.8.1.el9_3.x86_64
+    echo 'Red Hat Enterprise Linux release 9.3 (Plow)' >"$t/etc/redhat-release"
+    cat >"$t/usr/lib/os-release" <<'EOF'
+NAME="Red Hat Enterprise Linux"
+VERSION="9.3 (Plow)"
+ID="rhel"
+ID_LIKE="fedora"
+VERSION_ID="9.3"
+PLATFORM_ID="platform:el9"
+PRETTY_NAME="Red Hat Enterprise Linux 9.3 (Plow)"
+ANSI_COLOR="0;31"
+CPE_NAME="cpe:/o:redhat:enterprise_linux:9::baseos"
+HOME_URL="https://www.redhat.com/"
+EOF
+  else
   kver=6.2.9-300.fc38.x86_64
   echo 'Fedora release 38 (Thirty Eight)' >"$t/etc/redhat-release"
   ln -s redhat-release "$t/etc/fedora-release"
-  ln -s redhat-release "$t/etc/system-release"
   cat >"$t/usr/lib/os-release" <<'EOF'
 NAME="Fedora Linux"
 VERSION="38 (Server Edition)"
@@ -227,14 +413,34 @@ HOME_URL="https://fedoraproject.org/"
 VARIANT="Server Edition"
 VARIANT_ID=server
 EOF
+  fi
+  ln -s redhat-release "$t/etc/system-release"
   ln -s ../usr/lib/os-release "$t/etc/os-release"
   cat >"$t/etc/fstab" <<'EOF'
 /dev/sda2               /                       ext4    defaults        1 1
 /dev/sda1               /boot                   ext4    defaults        1 2
 EOF
   fake_kernel $kver "initramfs-$kver.img" ko.xz
+  if [ "$variant" = rhel ]; then
+    kver_old=5.14.0-284.11.1.el9_2.x86_64
+    fake_kernel $kver_old "initramfs-$kver_old.img" ko.xz
+  fi
   grub_default "root=/dev/sda2 ro rhgb"
   mkdir -p "$t/boot/grub2" "$t/boot/loader/entries"
+  if [ "$variant" = rhel ]; then
+    echo GRUB_ENABLE_BLSCFG=false >>"$t/etc/default/grub"
+    cat >"$t/boot/grub2/grub.cfg" <<EOF
+set default="0"
+set timeout=5
+menuentry 'Red Hat Enterprise Linux ($kver) 9.3 (Plow)' --class red --class gnu-linux --class gnu --class os {
+	insmod part_msdos
+	insmod ext2
+	set root='hd0,msdos1'
+	linux	/vmlinuz-$kver root=/dev/sda2 ro rhgb quiet
+	initrd	/initramfs-$kver.img
+}
+EOF
+  else
   cat >"$t/boot/grub2/grub.cfg" <<'EOF'
 set default="0"
 set timeout=5
@@ -253,6 +459,7 @@ grub_users \$grub_users
 grub_arg --unrestricted
 grub_class fedora
 EOF
+  fi
   mkdir -p "$t/etc/sysconfig/network-scripts"
   cat >"$t/etc/sysconfig/network-scripts/ifcfg-ens192" <<'EOF'
 TYPE=Ethernet
@@ -299,12 +506,22 @@ EOF2
       --define "p_summary $5" ${6:+--define "p_epoch $6"} "$work/stand-in.spec" \
       >>"$work/rpm.log" 2>&1 || { cat "$work/rpm.log" >&2; die "rpmbuild $1 failed"; }
   }
+  if [ "$variant" = rhel ]; then
+    stand_in redhat-release 9.3 0.5.el9 x86_64 "Red Hat Enterprise Linux release files"
+    stand_in kernel-core 5.14.0 362.8.1.el9_3 x86_64 "The Linux kernel"
+    stand_in kernel-modules 5.14.0 362.8.1.el9_3 x86_64 "kernel modules to match the core kernel"
+    stand_in grub2-pc 2.06 70.el9_3.1 x86_64 "Bootloader with support for Linux, Multiboot, and more" 1
+    stand_in grubby 8.40 64.el9 x86_64 "Command line tool for updating bootloader configs"
+    stand_in dracut 057 44.git20230822.el9 x86_64 "Initramfs generator using udev"
+    stand_in open-vm-tools 12.2.5 3.el9 x86_64 "Open Virtual Machine Tools for virtual machines hosted on VMware"
+  else
   stand_in fedora-release 38 36 noarch "Fedora release files"
   stand_in kernel-core 6.2.9 300.fc38 x86_64 "The Linux kernel"
   stand_in kernel-modules 6.2.9 300.fc38 x86_64 "kernel modules to match the core kernel"
   stand_in grub2-pc 2.06 95.fc38 x86_64 "Bootloader with support for Linux, Multiboot, and more" 1
   stand_in dracut 059 4.fc38 x86_64 "Initramfs generator using udev"
   stand_in open-vm-tools 12.2.0 1.fc38 x86_64 "Open Virtual Machine Tools for virtual machines hosted on VMware"
+  fi
   db=$t/usr/lib/sysimage/rpm
   force=()
   rpm --help 2>/dev/null | grep -q -- --force-debian && force=(--force-debian)
@@ -315,6 +532,9 @@ EOF2
   # rpmdb.sqlite is in WAL mode: keep its -shm and -wal files (as Fedora does), without
   # them librpm cannot open it from a read-only mount.
   [ -e "$db/rpmdb.sqlite-shm" ] || die "rpm left no rpmdb.sqlite-shm"
+  if [ "$variant" = rhel ]; then
+    rhel_standins
+  fi
   ;;
 esac
 
@@ -349,7 +569,7 @@ EOF
   die "guestfish failed"
 }
 mapfile -t seen <"$work/inspect.txt"
-want_version=$([ "$variant" = debian ] && echo "12 5" || echo "38 0")
+case $variant in debian) want_version="12 5" ;; fedora) want_version="38 0" ;; rhel) want_version="9 3" ;; esac
 [ "${seen[0]:-}" = /dev/sda2 ] || die "inspection found no root on /dev/sda2: ${seen[*]}"
 [ "${seen[1]:-}" = "$variant" ] || die "inspection says distro \"${seen[1]:-}\", not $variant"
 [ "${seen[2]:-} ${seen[3]:-}" = "$want_version" ] ||

@@ -20,6 +20,7 @@ packages=(
   time               # /usr/bin/time: peak memory in the benchmarks
   procps             # ps: the tests check that no process outlives a run
   rpm                # the phony Fedora test guest carries a real (empty-package) RPM database
+  busybox-static     # the phony RHEL test guest's utilities (grep, sed...) for its stand-in rpm, dracut...
   golang-go          # builds tests/vcsim, the vCenter simulator the -i vsphere tests use
   golang-github-vmware-govmomi-dev # govmomi's simulator library (vcsim's engine) for it
   postgresql         # the multi-host scheduler tests start a PostgreSQL server on 127.0.0.1

@@ -8,8 +8,9 @@
  * 2. Device names are then rewritten in every file that holds a kernel command line or a disk
  *    name: the new `grub.cfg`, `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec
  *    entries, `/etc/kernel/cmdline`, legacy GRUB's `menu.lst` / `grub.conf`.
- * 3. When the default kernel lacks virtio and another kernel has it, the other one becomes the
- *    default (with `grubby` where the guest has it; otherwise the report says so).
+ * 3. When the default kernel lacks virtio (or is unknown) and another kernel has it, the newest
+ *    such kernel becomes the default (with `grubby` where the guest has it; otherwise the report
+ *    says so). A default that has virtio is left alone, even an older, pinned one.
  *
  * @module
  */
@@ -91,7 +92,8 @@ async function chooseDefaultKernel(guest: LinuxGuest, kernels: Kernel[]): Promis
   if (grubby) {
     try {
       const current = (await g.command(["grubby", "--default-kernel"])).trim();
-      if (current === best.image) return;
+      // A default that has virtio stays, even when it is not the newest: it may be pinned.
+      if (kernels.some((k) => k.image === current && k.missing.length === 0)) return;
       await g.command(["grubby", "--set-default", best.image]);
       report.changed(`Default kernel: ${best.image} (was ${current || "unset"})`);
     } catch (e) {
