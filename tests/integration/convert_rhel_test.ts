@@ -13,8 +13,9 @@ import { join } from "node:path";
 import { assert, assertEquals } from "../_assert.ts";
 import { guestImage } from "../_guests.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
-import { esxiDescriptor, vmwareVmx } from "../../scripts/make_vmware_fixture.ts";
+
 import { Sandbox, sha256 } from "./_harness.ts";
+import { vmxAround } from "./_vmx.ts";
 
 Deno.env.set("LIBGUESTFS_BACKEND", "direct");
 Deno.env.set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
@@ -25,33 +26,6 @@ const KVER = "5.14.0-362.8.1.el9_3.x86_64";
 const KVER_OLD = "5.14.0-284.11.1.el9_2.x86_64";
 const DRIVERS = "virtio_pci virtio_blk virtio_scsi virtio_net";
 
-/** An ESXi VM directory around one disk image (its flat extent is a symlink to it). */
-async function vmxAround(sb: Sandbox, name: string, image: string): Promise<string> {
-  const dir = join(sb.work, name);
-  await Deno.mkdir(dir);
-  await Deno.symlink(image, join(dir, `${name}-flat.vmdk`));
-  const size = (await Deno.stat(image)).size;
-  await Deno.writeTextFile(join(dir, `${name}.vmdk`), esxiDescriptor(`${name}-flat.vmdk`, size, 0));
-  const vmx = join(dir, `${name}.vmx`);
-  await Deno.writeTextFile(
-    vmx,
-    vmwareVmx({
-      name,
-      platform: "esxi",
-      vcpus: 1,
-      memoryMiB: 1024,
-      firmware: "bios",
-      secureBoot: false,
-      guestOS: "rhel9-64",
-      genid: false,
-      extraLines: [],
-      disks: [{ device: "scsi0:0", fileName: `${name}.vmdk` }],
-      nics: [{ network: "VM Network", mac: MAC, model: "vmxnet3", addressType: "static" }],
-    }),
-  );
-  return vmx;
-}
-
 Deno.test({
   name: "a RHEL 9 guest is converted with its own rpm, dracut, grub2-mkconfig and grubby",
   sanitizeOps: false,
@@ -60,7 +34,7 @@ Deno.test({
     const image = await guestImage("phony-rhel");
     const before = await sha256(image);
     await using sb = await Sandbox.create();
-    const vmx = await vmxAround(sb, "rhel9", image);
+    const vmx = await vmxAround(sb, "rhel9", [image], { mac: MAC, guestOS: "rhel9-64" });
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
 

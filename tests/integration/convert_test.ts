@@ -19,49 +19,14 @@ import { bootUntil } from "../_boot.ts";
 import { guestImage } from "../_guests.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
 import { run } from "../../src/process.ts";
-import { esxiDescriptor, vmwareVmx } from "../../scripts/make_vmware_fixture.ts";
 import { allocated, type RunResult, Sandbox, sha256 } from "./_harness.ts";
+import { vmxAround } from "./_vmx.ts";
 
 Deno.env.set("LIBGUESTFS_BACKEND", "direct");
 Deno.env.set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
 
 const GiB = 1024 ** 3;
 const MAC = "00:50:56:aa:bb:cc";
-
-/** A VMware VM directory around a disk image: an ESXi descriptor whose flat extent links to it. */
-async function vmxAround(sb: Sandbox, name: string, images: string[]): Promise<string> {
-  const dir = join(sb.work, name);
-  await Deno.mkdir(dir);
-  const disks = [];
-  for (const [i, image] of images.entries()) {
-    const base = i === 0 ? name : `${name}_${i}`;
-    await Deno.symlink(image, join(dir, `${base}-flat.vmdk`));
-    const size = (await Deno.stat(image)).size;
-    await Deno.writeTextFile(
-      join(dir, `${base}.vmdk`),
-      esxiDescriptor(`${base}-flat.vmdk`, size, i),
-    );
-    disks.push({ device: `scsi0:${i}`, fileName: `${base}.vmdk` });
-  }
-  const vmx = join(dir, `${name}.vmx`);
-  await Deno.writeTextFile(
-    vmx,
-    vmwareVmx({
-      name,
-      platform: "esxi",
-      vcpus: 1,
-      memoryMiB: 1024,
-      firmware: "bios",
-      secureBoot: false,
-      guestOS: "debian12-64",
-      genid: false,
-      extraLines: [],
-      disks,
-      nics: [{ network: "VM Network", mac: MAC, model: "vmxnet3", addressType: "static" }],
-    }),
-  );
-  return vmx;
-}
 
 function failsWith(r: RunResult, text: string | RegExp): void {
   assertEquals(r.code, 1, r.stderr);
@@ -83,7 +48,7 @@ Deno.test({
     const image = await guestImage("debian12");
     const before = await sha256(image);
     await using sb = await Sandbox.create();
-    const vmx = await vmxAround(sb, "debian12", [image]);
+    const vmx = await vmxAround(sb, "debian12", [image], { mac: MAC });
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
 
@@ -239,7 +204,7 @@ Deno.test({
       failsWith(r, "Cannot rebuild the initramfs: the guest has none of update-initramfs");
     });
 
-    const both = await vmxAround(sb, "two", [debian, fedora]);
+    const both = await vmxAround(sb, "two", [debian, fedora], { mac: MAC });
     await t.step("several operating systems and no --root to choose", async () => {
       // No --root is --root ask, which fails where nobody can answer (stdin is not a terminal).
       for (const root of [[], ["--root", "single"]]) {
