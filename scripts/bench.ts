@@ -359,11 +359,17 @@ function printTable(results: Result[], dataBytes: number): void {
   }
 }
 
-export function printRows(rows: string[][]): void {
+/**
+ * Prints a table, columns aligned: text columns to the left, numbers to the right.
+ *
+ * @param rows The header row, then the rows.
+ * @param leftColumns How many leading columns hold text.
+ */
+export function printRows(rows: string[][], leftColumns = 2): void {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   for (const row of rows) {
     console.log(
-      row.map((cell, c) => (c < 2 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
+      row.map((cell, c) => c < leftColumns ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))
         .join("  "),
     );
   }

@@ -28,6 +28,7 @@ import { nbdReady } from "../src/nbd/probe.ts";
 import { Nbdkit } from "../src/nbdkit.ts";
 import { run, type Server, startServer } from "../src/process.ts";
 import { serveSshDisk } from "../src/input/ssh_disk.ts";
+import { median, printRows } from "./bench.ts";
 import { formatSize, parseSize } from "./make_test_image.ts";
 import { type Sshd, startSshd } from "../tests/integration/_sshd.ts";
 import { makeVmwareFixture } from "./make_vmware_fixture.ts";
@@ -146,7 +147,7 @@ try {
     `\nCopy of ${formatSize(size)} over SSH on 127.0.0.1 into null: with nbdcopy, ${runs} ` +
       `round(s) (ratio: throughput over bare nbdkit's):\n`,
   );
-  printTable(rows);
+  printRows(rows, 1);
 
   // --bandwidth: steady rate after the rate filter's burst.
   await using limited = await serveSshDisk(sshd.uri(file), {
@@ -193,20 +194,4 @@ function bareNbdkit(sshd: Sshd, file: string, socket: string): Promise<Server> {
     .addArg("known-hosts", sshd.knownHosts)
     .addArg("identity", sshd.clientKey);
   return startServer("nbdkit", cmd.args(socket), { socket, ready: nbdReady });
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-function printTable(rows: string[][]): void {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  for (const row of rows) {
-    console.log(
-      row.map((cell, c) => (c < 1 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
-        .join("  "),
-    );
-  }
 }

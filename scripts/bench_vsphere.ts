@@ -34,6 +34,7 @@ import { HttpsClient } from "../src/input/vsphere/_http.ts";
 import { VimClient } from "../src/input/vsphere/_soap.ts";
 import { curlDiskCommand } from "../src/input/vsphere/disk_servers.ts";
 import { datastoreUrl } from "../src/input/vsphere/vsphere.ts";
+import { median, printRows } from "./bench.ts";
 import { formatSize, parseSize } from "./make_test_image.ts";
 import { makeVmwareFixture } from "./make_vmware_fixture.ts";
 import { addVcsimFiles, startVcsim } from "../tests/integration/_vcsim.ts";
@@ -169,7 +170,7 @@ try {
     `\nCopy of a ${formatSize(size)} disk over HTTPS from the simulator into null:, ${runs} ` +
       "round(s) (ratio: throughput over the bare peer's; target >= 0.80):\n",
   );
-  printTable(rows);
+  printRows(rows, 1);
 
   // Lookup in the whole inventory.
   const lookups: number[] = [];
@@ -242,20 +243,4 @@ try {
   );
 } finally {
   await Deno.remove(dir, { recursive: true });
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
-
-function printTable(rows: string[][]): void {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  for (const row of rows) {
-    console.log(
-      row.map((cell, c) => (c < 1 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
-        .join("  "),
-    );
-  }
 }
