@@ -1,12 +1,14 @@
 /**
- * ESXi VM directories around test guest images, for the conversion tests: a VMX and, per disk,
- * an ESXi descriptor whose flat extent is a symlink to the (read-only, cached) image.
+ * Helpers of the conversion tests: ESXi VM directories around test guest images (a VMX and,
+ * per disk, an ESXi descriptor whose flat extent is a symlink to the read-only, cached image),
+ * and a converting run that returns vmshift's conversion report.
  *
  * @module
  */
 
 import { join } from "node:path";
 import { esxiDescriptor, vmwareVmx } from "../../scripts/make_vmware_fixture.ts";
+import { assert, assertEquals } from "../_assert.ts";
 import type { Sandbox } from "./_harness.ts";
 
 /** Options of {@linkcode vmxAround}. */
@@ -66,4 +68,30 @@ export async function vmxAround(
     }),
   );
   return vmx;
+}
+
+/** The `conversion` object of a `--machine-readable` run. */
+export interface ConversionResult {
+  /** The report as vmshift printed it (`guest`, `changes`, `problems`, `trimmed`). */
+  // deno-lint-ignore no-explicit-any
+  report: any;
+  /** Its changes, one per line. */
+  changes: string;
+}
+
+/**
+ * Runs vmshift with conversion and `--machine-readable`, asserts that it succeeded, and
+ * returns its conversion report.
+ *
+ * @param sb The test's sandbox.
+ * @param args vmshift's arguments (input and output).
+ * @returns The report and its changes as text.
+ */
+export async function convertAndReport(sb: Sandbox, args: string[]): Promise<ConversionResult> {
+  const r = await sb.run([...args, "--machine-readable"], { convert: true });
+  assertEquals(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  const report = lines.find((l) => l.type === "conversion");
+  assert(report, r.stdout);
+  return { report, changes: report.changes.join("\n") };
 }

@@ -15,7 +15,7 @@ import { guestImage } from "../_guests.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
 
 import { Sandbox, sha256 } from "./_harness.ts";
-import { vmxAround } from "./_vmx.ts";
+import { convertAndReport, vmxAround } from "./_vmx.ts";
 
 Deno.env.set("LIBGUESTFS_BACKEND", "direct");
 Deno.env.set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
@@ -38,15 +38,15 @@ Deno.test({
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
 
-    const r = await sb.run(
-      ["-i", "vmx", vmx, "-o", "local", "-os", out, "--machine-readable"],
-      { convert: true },
-    );
-    assertEquals(r.code, 0, r.stderr);
-    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
-    const report = lines.find((l) => l.type === "conversion");
-    assert(report, r.stdout);
-    const changes: string = report.changes.join("\n");
+    const { report, changes } = await convertAndReport(sb, [
+      "-i",
+      "vmx",
+      vmx,
+      "-o",
+      "local",
+      "-os",
+      out,
+    ]);
 
     await t.step("the report says what changed, and no problems", () => {
       assertEquals(report.guest.distro, "rhel");
@@ -184,15 +184,15 @@ Deno.test({
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
 
-    const r = await sb.run(
-      ["-i", "disk", image, "-o", "local", "-os", out, "--machine-readable"],
-      { convert: true },
-    );
-    assertEquals(r.code, 0, r.stderr);
-    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
-    const report = lines.find((l) => l.type === "conversion");
-    assert(report, r.stdout);
-    const changes: string = report.changes.join("\n");
+    const { report, changes } = await convertAndReport(sb, [
+      "-i",
+      "disk",
+      image,
+      "-o",
+      "local",
+      "-os",
+      out,
+    ]);
 
     await t.step("the report names the kernel without virtio and the new default", () => {
       assertEquals(report.problems, [

@@ -20,7 +20,7 @@ import { guestImage } from "../_guests.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
 import { run } from "../../src/process.ts";
 import { allocated, type RunResult, Sandbox, sha256 } from "./_harness.ts";
-import { vmxAround } from "./_vmx.ts";
+import { convertAndReport, vmxAround } from "./_vmx.ts";
 
 Deno.env.set("LIBGUESTFS_BACKEND", "direct");
 Deno.env.set("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
@@ -65,15 +65,15 @@ Deno.test({
       snapshot: true,
     });
 
-    const r = await sb.run(
-      ["-i", "vmx", vmx, "-o", "qemu", "-os", out, "--machine-readable"],
-      { convert: true },
-    );
-    assertEquals(r.code, 0, r.stderr);
-    const lines = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
-    const report = lines.find((l) => l.type === "conversion");
-    assert(report, r.stdout);
-    const changes: string = report.changes.join("\n");
+    const { report, changes } = await convertAndReport(sb, [
+      "-i",
+      "vmx",
+      vmx,
+      "-o",
+      "qemu",
+      "-os",
+      out,
+    ]);
 
     await t.step("the report says what changed", () => {
       assertEquals(report.guest.distro, "debian");
