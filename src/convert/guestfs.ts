@@ -109,6 +109,9 @@ const GUESTFS_SYMBOLS = {
   guestfs_list_devices: { parameters: ["pointer"], result: "pointer" },
   guestfs_list_partitions: { parameters: ["pointer"], result: "pointer" },
   guestfs_list_filesystems: { parameters: ["pointer"], result: "pointer" },
+  guestfs_list_md_devices: { parameters: ["pointer"], result: "pointer" },
+  guestfs_lvs: { parameters: ["pointer"], result: "pointer" },
+  guestfs_list_ldm_volumes: { parameters: ["pointer"], result: "pointer" },
   guestfs_blkid: { parameters: ["pointer", "buffer"], result: "pointer" },
   guestfs_vfs_type: { parameters: ["pointer", "buffer"], result: "pointer" },
   guestfs_vfs_uuid: { parameters: ["pointer", "buffer"], result: "pointer" },
@@ -1288,6 +1291,34 @@ export class Guestfs implements AsyncDisposable, Disposable {
    */
   async listFilesystems(): Promise<[device: string, vfsType: string][]> {
     return pairs(await this.#run("guestfs_list_filesystems", [], "strings"));
+  }
+
+  /**
+   * Lists software RAID devices (`guestfs_list_md_devices`).
+   *
+   * @returns e.g. `["/dev/md127"]`; empty if none.
+   */
+  listMdDevices(): string[] {
+    return this.#call("guestfs_list_md_devices", [], "strings");
+  }
+
+  /**
+   * Lists LVM logical volumes (`guestfs_lvs`). Needs the `lvm2` group (see {@link available}).
+   *
+   * @returns e.g. `["/dev/VG/root"]`; empty if none.
+   */
+  lvs(): string[] {
+    return this.#call("guestfs_lvs", [], "strings");
+  }
+
+  /**
+   * Lists Windows dynamic disk (LDM) volumes (`guestfs_list_ldm_volumes`). Needs the `ldm`
+   * group (see {@link available}).
+   *
+   * @returns e.g. `["/dev/mapper/ldm_vol_Volume1"]`; empty if none.
+   */
+  listLdmVolumes(): string[] {
+    return this.#call("guestfs_list_ldm_volumes", [], "strings");
   }
 
   /**
