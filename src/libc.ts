@@ -20,6 +20,8 @@ const O_RDWR = 2;
 const O_CLOEXEC = 0o2000000;
 const PROT_READ = 1;
 const MAP_SHARED = 1;
+const MADV_DONTNEED = 4;
+const PAGE = 4096;
 /** The kernel's errno values the messages name. */
 const ERRNO: Record<number, string> = {
   1: "operation not permitted",
@@ -55,6 +57,7 @@ function load() {
       result: "pointer",
     },
     munmap: { parameters: ["pointer", "usize"], result: "i32" },
+    madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
     __errno_location: { parameters: [], result: "pointer" },
   });
 }
@@ -259,6 +262,21 @@ export class MappedFile implements Disposable {
     if (this.#base === null) throw new Error(`"${this.path}" is unmapped`);
     const at = Deno.UnsafePointer.offset(this.#base, offset)!;
     return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(at, length));
+  }
+
+  /**
+   * Drops a view's pages from this process's memory (they stay in the page cache, and are
+   * mapped again if read again). Without it, every page the copy touched would count in the
+   * process's resident size until the end: the whole disk's data.
+   *
+   * @param view A view returned by {@linkcode MappedFile.view}, no longer in use.
+   */
+  release(view: Uint8Array): void {
+    if (this.#base === null || view.length === 0) return;
+    const at = Deno.UnsafePointer.value(Deno.UnsafePointer.of(view as Uint8Array<ArrayBuffer>));
+    const start = at - (at % BigInt(PAGE));
+    const length = Number(at - start) + view.length;
+    libc().madvise(Deno.UnsafePointer.create(start), BigInt(length), MADV_DONTNEED);
   }
 
   /** Unmaps the file; safe to call twice. */

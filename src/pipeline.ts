@@ -113,6 +113,7 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
         results[i] = await copyDisk(server.uri, target.targets[i]!, {
           signal: laneSignal,
           backingUri: source.uris[i]!,
+          ...(source.files?.[i] ? { backingFile: source.files[i] } : {}),
           onProgress: (p) => reporter.progress(i + 1, overlays.length, p),
         });
       } catch (e) {
@@ -124,7 +125,8 @@ export async function migrate(cli: Cli, reporter: Reporter, signal: AbortSignal)
       }
       const r = results[i]!;
       reporter.debug(
-        `disk ${i + 1}: ${r.dataBytes} bytes of data, ${r.zeroBytes} zeroed, ` +
+        `disk ${i + 1}: ${r.dataBytes} bytes of data (${r.localBytes} read in place), ` +
+          `${r.zeroBytes} zeroed, ` +
           `${r.skippedBytes} skipped; copied in ${r.copySeconds.toFixed(2)} s, ` +
           `flushed in ${r.flushSeconds.toFixed(2)} s`,
       );

@@ -117,6 +117,80 @@ export async function run(
   }
 }
 
+/** A running command whose stdout is read line by line: see {@linkcode streamLines}. */
+export interface LineStream extends AsyncDisposable {
+  /** The lines of stdout, without their newline; throws {@linkcode CommandError} at the end if
+   * the program failed. */
+  readonly lines: AsyncIterableIterator<string>;
+}
+
+/**
+ * Runs a command and reads its stdout as lines while it runs, so that a long output (an image
+ * map of a large disk) never has to fit in memory: the program blocks on a full pipe until the
+ * caller asks for more.
+ *
+ * @param program The program to run (looked up in PATH).
+ * @param args Its arguments. Never put a secret here.
+ * @param options Signal, environment, description for errors.
+ * @returns The lines; dispose it to stop the program if its output is not read to the end.
+ * @example
+ * ```ts
+ * import { streamLines } from "./process.ts";
+ * await using out = streamLines("printf", ["a\\nb\\n"]);
+ * const lines = [];
+ * for await (const line of out.lines) lines.push(line);
+ * if (lines.join() !== "a,b") throw new Error(lines.join());
+ * ```
+ */
+export function streamLines(
+  program: string,
+  args: readonly string[],
+  options: RunOptions = {},
+): LineStream {
+  options.signal?.throwIfAborted();
+  const child = spawn(program, args, { stdout: "piped", env: options.env });
+  const onAbort = () => terminate(child);
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  const stderr = new Response(child.stderr).text();
+  let finished = false;
+  async function* read(): AsyncGenerator<string> {
+    const decoder = new TextDecoder();
+    let pending = "";
+    for await (const chunk of child.stdout) {
+      pending += decoder.decode(chunk, { stream: true });
+      const lines = pending.split("\n");
+      pending = lines.pop()!;
+      yield* lines;
+    }
+    pending += decoder.decode();
+    if (pending) yield pending;
+    const status = await child.status;
+    finished = true;
+    options.signal?.throwIfAborted();
+    if (!status.success) {
+      throw new CommandError(
+        program,
+        status.signal ? null : status.code,
+        await stderr,
+        options.what,
+      );
+    }
+  }
+  return {
+    lines: read(),
+    async [Symbol.asyncDispose]() {
+      options.signal?.removeEventListener("abort", onAbort);
+      if (!finished) {
+        terminate(child);
+        await child.stdout.cancel().catch(() => {});
+        await child.status;
+      }
+      await stderr.catch(() => {});
+      live.delete(child);
+    },
+  };
+}
+
 /** Options for {@linkcode startServer}. */
 export interface ServerOptions {
   /** The unix socket the server listens on; the probe connects to it. */

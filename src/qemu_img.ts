@@ -4,7 +4,7 @@
  * @module
  */
 
-import { run } from "./process.ts";
+import { run, streamLines } from "./process.ts";
 
 /** What `qemu-img info` says of an image. */
 export interface ImageInfo {
@@ -113,4 +113,59 @@ export async function createOverlay(
     path,
     String(size),
   ], { what: `Cannot create the overlay for "${backingUri}"`, ...options });
+}
+
+/** One run of an image's map (`qemu-img map --output=json`): where guest bytes live. */
+export interface MapEntry {
+  /** Guest offset. */
+  start: number;
+  /** Byte count. */
+  length: number;
+  /** Whether the range reads as zeroes. */
+  zero: boolean;
+  /** Whether the range holds data. */
+  data: boolean;
+  /** Where the range's bytes are in the image file, when they are stored there as they are
+   * (not for compressed clusters, nor for zeroes). */
+  offset?: number;
+}
+
+/**
+ * Maps an image: its guest ranges in order, each with where its bytes are stored in the file.
+ * The map is read as qemu-img prints it, one entry at a time, so it need not fit in memory.
+ *
+ * @param path The image (opened read-only, shared with other readers).
+ * @param format Its format (never probed).
+ * @param options Abort signal.
+ * @returns The entries; dispose to stop qemu-img early.
+ */
+export function mapImage(
+  path: string,
+  format: string,
+  options: { signal?: AbortSignal } = {},
+): AsyncDisposable & { entries: AsyncIterableIterator<MapEntry> } {
+  const out = streamLines("qemu-img", [
+    "map",
+    "--output=json",
+    "--force-share",
+    "-f",
+    format,
+    path,
+  ], { what: `Cannot map disk "${path}"`, ...options });
+  async function* entries(): AsyncGenerator<MapEntry> {
+    for await (const line of out.lines) {
+      // One object per line, between "[" and "]" and ending with "," or "]".
+      const text = line.trim().replace(/^\[/, "").replace(/[,\]]$/, "");
+      if (!text) continue;
+      const j = JSON.parse(text) as Record<string, unknown>;
+      yield {
+        start: Number(j["start"]),
+        length: Number(j["length"]),
+        zero: j["zero"] === true,
+        data: j["data"] === true,
+        ...(typeof j["offset"] === "number" ? { offset: j["offset"] } : {}),
+      };
+    }
+  }
+  return { entries: entries(), [Symbol.asyncDispose]: () => out[Symbol.asyncDispose]() };
 }

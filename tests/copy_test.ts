@@ -5,7 +5,7 @@
 
 import { assert, assertBytesEqual, assertEquals, assertRejects } from "./_assert.ts";
 import { copyDisk, type CopyTarget, isZero, type TargetWriter } from "../src/copy.ts";
-import { run } from "../src/process.ts";
+import { liveCount, run } from "../src/process.ts";
 import { serveQemuNbd } from "../src/qemu_nbd.ts";
 import { createOverlay } from "../src/qemu_img.ts";
 import { fileTarget } from "../src/output/file_target.ts";
@@ -275,4 +275,116 @@ Deno.test("data the overlay does not hold is read from the backing source", asyn
   want.fill(0xee, 64 * MiB - 64 * 1024); // the last cluster
   assertBytesEqual(got, want);
   assertEquals(result.dataBytes, 4 * MiB + 64 * 1024);
+});
+
+/** A qcow2 source with plain, compressed and zeroed clusters, as `qemu-img map` sees them. */
+async function mixedSource(dir: TempDir): Promise<string> {
+  const src = dir.join("mixed.qcow2");
+  await run("qemu-img", ["create", "-q", "-f", "qcow2", src, String(64 * MiB)]);
+  for (
+    const cmd of [
+      "write -P 0x22 0 2M", // plain clusters: read in place
+      "write -c -P 0x33 8M 64k", // a compressed cluster: no offset in the file, read over NBD
+      "write -P 0x44 16M 64k", // written, then zeroed: a zero cluster
+      "write -z 16M 64k",
+      "write -P 0x55 63M 1M", // the end of the disk
+    ]
+  ) {
+    await run("qemu-io", ["-f", "qcow2", "-c", cmd, src]);
+  }
+  return src;
+}
+
+Deno.test("data the overlay does not hold is read in place from a local source file", async () => {
+  await using dir = await TempDir.create();
+  const src = await mixedSource(dir);
+  const before = await Deno.readFile(src);
+  const mtime = (await Deno.stat(src)).mtime;
+  await using backing = await serveQemuNbd(src, {
+    socket: dir.join("b.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const overlay = dir.join("overlay.qcow2");
+  await createOverlay(overlay, backing.uri, 64 * MiB);
+  await run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 1M 64k", overlay]);
+  await using top = await serveQemuNbd(overlay, {
+    socket: dir.join("o.sock"),
+    format: "qcow2",
+    readOnly: true,
+    allocationDepth: true,
+  });
+  const processes = liveCount();
+  for (const readsZeroes of [true, false]) {
+    const got = new Uint8Array(64 * MiB).fill(readsZeroes ? 0 : 0xff);
+    const target = recorder(readsZeroes, got);
+    const result = await copyDisk(top.uri, target, {
+      backingUri: backing.uri,
+      backingFile: { path: src, format: "qcow2" },
+      requestSize: 1 * MiB,
+    });
+    const want = new Uint8Array(64 * MiB);
+    want.fill(0x22, 0, 2 * MiB);
+    want.fill(0x11, 1 * MiB, 1 * MiB + 64 * 1024);
+    want.fill(0x33, 8 * MiB, 8 * MiB + 64 * 1024);
+    want.fill(0x55, 63 * MiB);
+    assertBytesEqual(got, want);
+    // In place: the plain clusters the overlay does not cover; not the compressed cluster
+    // (read over NBD) nor the overlay's own write.
+    assertEquals(result.localBytes, 2 * MiB - 64 * 1024 + 1 * MiB);
+    assertEquals(result.dataBytes, 3 * MiB + 64 * 1024);
+    // Zeroes are zero requests where the target does not read zeroes, else nothing.
+    const zeroed = target.ops.filter((o) =>
+      o.op === "zero" && o.offset <= 16 * MiB && o.offset + o.length >= 17 * MiB
+    );
+    assertEquals(zeroed.length, readsZeroes ? 0 : 1);
+  }
+  // qemu-img map is gone, the source untouched.
+  assertEquals(liveCount(), processes);
+  assertBytesEqual(await Deno.readFile(src), before);
+  assertEquals((await Deno.stat(src)).mtime, mtime);
+});
+
+Deno.test("a copy aborted while reading in place leaves no qemu-img behind", async () => {
+  await using dir = await TempDir.create();
+  const src = await mixedSource(dir);
+  await using backing = await serveQemuNbd(src, {
+    socket: dir.join("b.sock"),
+    format: "qcow2",
+    readOnly: true,
+  });
+  const overlay = dir.join("overlay.qcow2");
+  await createOverlay(overlay, backing.uri, 64 * MiB);
+  await using top = await serveQemuNbd(overlay, {
+    socket: dir.join("o.sock"),
+    format: "qcow2",
+    readOnly: true,
+    allocationDepth: true,
+  });
+  const processes = liveCount();
+  const stop = new AbortController();
+  const target = recorder(true, new Uint8Array(64 * MiB));
+  const connect = target.connect.bind(target);
+  target.connect = async (signal, source) => {
+    const w = await connect(signal, source);
+    return {
+      ...w,
+      write(offset, data) {
+        stop.abort(new Error("stopped by the test"));
+        return w.write(offset, data);
+      },
+    };
+  };
+  await assertRejects(
+    () =>
+      copyDisk(top.uri, target, {
+        backingUri: backing.uri,
+        backingFile: { path: src, format: "qcow2" },
+        requestSize: 64 * 1024,
+        signal: stop.signal,
+      }),
+    Error,
+    "stopped by the test",
+  );
+  assertEquals(liveCount(), processes);
 });

@@ -10,6 +10,7 @@
 
 import { basename, extname, resolve } from "node:path";
 import { fsReason, UsageError } from "../errors.ts";
+import { LocalImage } from "../local_image.ts";
 import { imageInfo } from "../qemu_img.ts";
 import { serveQemuNbd } from "../qemu_nbd.ts";
 import { DEFAULT_MEMORY, DEFAULT_VCPUS, type Vm } from "../vm.ts";
@@ -110,6 +111,7 @@ async function openDisk(
   return {
     vm,
     uris: [server.uri],
+    files: [LocalImage.canRead(info.format) ? { path: file, format: info.format } : undefined],
     [Symbol.asyncDispose]: () => server.stop(),
   };
 }

@@ -89,4 +89,10 @@ export interface InputSession extends AsyncDisposable {
   readonly vm: Vm;
   /** One read-only NBD URI per disk, in the order of `vm.disks`, serving raw guest data. */
   readonly uris: readonly string[];
+  /**
+   * Per disk, in the order of `vm.disks`: the local image file behind the NBD URI, when the
+   * copy may read its bytes in place (see `src/local_image.ts`): a raw or qcow2 file on this
+   * host, not changing while vmshift runs. Absent for remote sources.
+   */
+  readonly files?: ReadonlyArray<{ path: string; format: string } | undefined>;
 }

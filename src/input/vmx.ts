@@ -68,6 +68,8 @@ export interface ServedDisk extends AsyncDisposable {
   uri: string;
   /** The size the server gives the disk, in bytes. */
   virtualSize: number;
+  /** The local file holding the guest data as it is, when the copy may read it in place. */
+  file?: { path: string; format: string };
 }
 
 /**
@@ -232,9 +234,14 @@ async function serveLocalDisk(disk: VmxSourceDisk, ctx: RunContext): Promise<Ser
     name: `qemu-nbd (source "${disk.path}")`,
     signal: ctx.signal,
   });
+  // One flat extent from its start (monolithicFlat, VMFS): a raw file the copy reads in place.
+  const [only, ...more] = disk.vmdk.extents;
+  const flat = !more.length && only?.path !== undefined && only.offset === 0 &&
+    ["FLAT", "VMFS"].includes(only.type.toUpperCase());
   return {
     uri: server.uri,
     virtualSize: info.virtualSize,
+    ...(flat ? { file: { path: only.path!, format: "raw" } } : {}),
     [Symbol.asyncDispose]: () => server.stop(),
   };
 }
@@ -330,6 +337,7 @@ export async function openVmx(
   const source = await readVmxSource(vmxPath, transport.files, ctx, options);
   await using stack = new AsyncDisposableStack();
   const uris: string[] = [];
+  const files: Array<{ path: string; format: string } | undefined> = [];
   const show = (p: string) => transport.files.display?.(p) ?? p;
   for (const disk of source.disks) {
     const served = stack.use(await transport.serveDisk(disk, ctx));
@@ -340,12 +348,14 @@ export async function openVmx(
       );
     }
     uris.push(served.uri);
+    files.push(served.file);
   }
   const vm = vmFromSource(source, show);
   const servers = stack.move();
   return {
     vm,
     uris,
+    files,
     [Symbol.asyncDispose]: () => servers.disposeAsync(),
   };
 }

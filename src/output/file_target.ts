@@ -11,6 +11,7 @@
  */
 
 import type { CopyTarget, TargetWriter } from "../copy.ts";
+import { PosixFile } from "../libc.ts";
 
 /**
  * Wraps a newly created raw file as a copy target.
@@ -25,33 +26,26 @@ export function fileTarget(path: string, options: { maxConnections?: number } = 
     readsZeroes: true,
     maxConnections: options.maxConnections ?? 4,
     maxZeroSize: Number.MAX_SAFE_INTEGER,
-    async connect(): Promise<TargetWriter> {
-      // Writes are synchronous: Deno's asynchronous file write copies the buffer into a fresh
-      // allocation on every call, which cost more system time (page faults) than the copy
-      // itself; a synchronous write passes the buffer straight to the kernel. A seek and its
-      // write then also run as one step, never split by another request on this handle.
-      const file = await Deno.open(path, { write: true });
+    connect(): Promise<TargetWriter> {
+      // Positional writes through libc (src/libc.ts): they run on Deno's thread pool, several
+      // at once, straight from the caller's memory (a buffer, or the page cache of a local
+      // source mapped by the copy engine). Deno.FsFile's asynchronous write copied every
+      // buffer into a fresh allocation, and its synchronous one ran on the JavaScript thread.
+      const file = PosixFile.open(path, "write");
       let dirty = false;
-      return {
+      return Promise.resolve({
         write(offset, data) {
           dirty = true;
-          file.seekSync(offset, Deno.SeekMode.Start);
-          let done = 0;
-          while (done < data.length) {
-            const n = file.writeSync(done ? data.subarray(done) : data);
-            if (n === 0) throw new Error(`Cannot write "${path}": no progress at ${offset + done}`);
-            done += n;
-          }
-          return Promise.resolve();
+          return file.pwrite(data, offset);
         },
         // A new file reads zeroes everywhere it was not written.
         zero: () => Promise.resolve(),
         async flush() {
-          if (dirty) await file.syncData();
+          if (dirty) await file.sync();
           dirty = false;
         },
         [Symbol.asyncDispose]: () => Promise.resolve(file.close()),
-      };
+      });
     },
   };
 }

@@ -55,8 +55,23 @@ for (
     const src = await source(sb, inFormat);
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
-    const r = await sb.run(["-i", "disk", src.path, "-o", "local", "-os", out, "-of", outFormat]);
+    const r = await sb.run([
+      "-i",
+      "disk",
+      src.path,
+      "-o",
+      "local",
+      "-os",
+      out,
+      "-of",
+      outFormat,
+      "-v",
+    ]);
     assertEquals(r.code, 0, r.stderr);
+    // raw and qcow2 sources are read in place (a memory map of the file), vmdk over NBD.
+    const inPlace = Number(/\((\d+) read in place\)/.exec(r.stderr)?.[1]);
+    if (inFormat === "vmdk") assertEquals(inPlace, 0);
+    else assert(inPlace >= src.image.dataBytes, `${inPlace} bytes read in place`);
     const disk = join(out, "guest-sda");
     await assertSameContent(src.path, disk);
     const info = JSON.parse(
