@@ -422,17 +422,19 @@ export class Qcow2Writer implements AsyncDisposable {
   #writeBack(table: L2Table): void {
     table.dirty = false;
     table.writing++;
-    const p = table.written.then(() => this.#file.pwrite(table.bytes, table.host));
-    table.written = p.then(
-      () => this.#writtenBack(table),
-      (e) => {
-        this.#failure ??= e;
-        this.#writtenBack(table);
-      },
-    );
-    this.#pending.add(table.written);
-    const forget = () => this.#pending.delete(table.written);
-    table.written.then(forget);
+    const done = table.written
+      .then(() => this.#file.pwrite(table.bytes, table.host))
+      .then(
+        () => this.#writtenBack(table),
+        (e) => {
+          this.#failure ??= e;
+          this.#writtenBack(table);
+        },
+      );
+    table.written = done;
+    // This write-back's own promise: table.written may name a later one by the time it ends.
+    this.#pending.add(done);
+    done.then(() => this.#pending.delete(done));
   }
 
   #writtenBack(table: L2Table): void {
