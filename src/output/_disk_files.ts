@@ -1,8 +1,7 @@
 /**
  * Local disk files, shared by the outputs that write into a directory (`-o local`, `-o qemu`):
- * option checks, the file names (`NAME-sda`, as virt-v2v names them), creation with qemu-img,
- * a qemu-nbd server per file for the copy, and removal of everything created unless the
- * output was committed.
+ * option checks, the file names (`NAME-sda`, as virt-v2v names them), creation, the copy
+ * target of each file, and removal of everything created unless the output was committed.
  *
  * Why vmshift's own copy engine and not nbdcopy for local targets (measured on this project's
  * 2-CPU machines, 2-4 GiB of data, see the README's benchmark section): nbdcopy can only read
@@ -11,8 +10,11 @@
  * the source took 1.8 s. The copy engine reads around the overlay (only what conversion wrote
  * comes through it), which brings a whole vmshift run level with a standalone nbdcopy from the
  * source for raw output (1.00x) and within 1.2x for qcow2, with progress and the zero handling
- * of every other output. Raw files are then written directly (no server hop); qcow2 needs
- * qemu's encoder, so it goes through qemu-nbd.
+ * of every other output. The files are then written in process, with no server hop: raw files
+ * with positional writes, sparse qcow2 through our own writer (`qcow2_writer.ts`), which with
+ * in-place reads of a local source (`src/local_image.ts`) brought both to qemu-img convert's
+ * speed. A preallocated qcow2 (`-oa preallocated`: qemu lays out every cluster) is still created
+ * by qemu-img and written through qemu-nbd.
  *
  * @module
  */
@@ -26,7 +28,8 @@ import { createImage } from "../qemu_img.ts";
 import { serveQemuNbd } from "../qemu_nbd.ts";
 import { diskName, type Vm } from "../vm.ts";
 import { parseDiskOptions } from "./_options.ts";
-import { fileTarget } from "./file_target.ts";
+import { fileTarget, qcow2Target } from "./file_target.ts";
+import { Qcow2Writer } from "./qcow2_writer.ts";
 import { nbdTarget } from "./nbd_target.ts";
 import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
 
@@ -101,6 +104,7 @@ export class DiskFiles implements AsyncDisposable {
   /** Copy targets, in disk order. */
   readonly targets: CopyTarget[] = [];
   readonly #servers: Server[] = [];
+  readonly #images: Qcow2Writer[] = [];
   readonly #created: string[] = [];
   #committed = false;
 
@@ -136,6 +140,14 @@ export class DiskFiles implements AsyncDisposable {
     try {
       for (const [i, disk] of vm.disks.entries()) {
         const path = paths[i]!;
+        if (opts.format === "qcow2" && !opts.preallocated) {
+          // Sparse qcow2 is written in process: no server between the copy and the file.
+          const image = await Qcow2Writer.create(path, disk.virtualSize);
+          files.#created.push(path);
+          files.#images.push(image);
+          files.targets.push(qcow2Target(image));
+          continue;
+        }
         await createImage(path, {
           format: opts.format,
           size: disk.virtualSize,
@@ -175,14 +187,17 @@ export class DiskFiles implements AsyncDisposable {
     this.#created.push(path);
   }
 
-  /** Stops the servers, flushing the files; after this, disposing keeps the files. */
+  /** Stops the servers and finishes the qcow2 images written in process, flushing the files;
+   * after this, disposing keeps the files. */
   async commit(): Promise<void> {
+    for (const image of this.#images.splice(0)) await image.close();
     await this.#stopServers();
     this.#committed = true;
   }
 
   async #stopServers(): Promise<void> {
     for (const s of this.#servers.splice(0)) await s.stop();
+    for (const image of this.#images.splice(0)) await image.abort();
   }
 
   /** Stops the servers and, unless committed, removes every file created. */

@@ -12,6 +12,7 @@
 
 import type { CopyTarget, TargetWriter } from "../copy.ts";
 import { PosixFile } from "../libc.ts";
+import type { Qcow2Writer } from "./qcow2_writer.ts";
 
 /**
  * Wraps a newly created raw file as a copy target.
@@ -45,6 +46,32 @@ export function fileTarget(path: string, options: { maxConnections?: number } = 
           dirty = false;
         },
         [Symbol.asyncDispose]: () => Promise.resolve(file.close()),
+      });
+    },
+  };
+}
+
+/**
+ * Wraps a new qcow2 image being written in process as a copy target. Every connection writes
+ * through the same writer (its writes are positional and its allocation is atomic); the image
+ * becomes valid when its owner closes the writer, after the copy.
+ *
+ * @param image The writer of the new image.
+ * @returns The copy target.
+ */
+export function qcow2Target(image: Qcow2Writer): CopyTarget {
+  return {
+    name: image.path,
+    readsZeroes: true,
+    maxConnections: 4,
+    maxZeroSize: Number.MAX_SAFE_INTEGER,
+    connect(): Promise<TargetWriter> {
+      return Promise.resolve({
+        write: (offset, data) => image.write(offset, data),
+        zero: (offset, length) => image.zero(offset, length),
+        // The data is made durable with the metadata, when the writer closes.
+        flush: () => Promise.resolve(),
+        [Symbol.asyncDispose]: () => Promise.resolve(),
       });
     },
   };

@@ -98,14 +98,29 @@ Deno.test("an existing output is never overwritten", async () => {
   await sb.assertNothingLeft();
 });
 
-async function interruptMidCopy(signal: "SIGINT" | "SIGTERM", code: number) {
+async function interruptMidCopy(
+  signal: "SIGINT" | "SIGTERM",
+  code: number,
+  format: "raw" | "qcow2",
+) {
   await using sb = await Sandbox.create();
   const src = join(sb.work, "big.qcow2");
   await makeTestImage(src, { format: "qcow2", virtualSize: 2048 * MiB, dataBytes: 768 * MiB });
   const sum = await sha256(src);
   const out = join(sb.work, "out");
   await Deno.mkdir(out);
-  const child = sb.spawn(["-i", "disk", src, "-o", "local", "-os", out, "--machine-readable"]);
+  const child = sb.spawn([
+    "-i",
+    "disk",
+    src,
+    "-o",
+    "local",
+    "-os",
+    out,
+    "-of",
+    format,
+    "--machine-readable",
+  ]);
   const stderr = new Response(child.stderr).text();
   const { lines, rest } = await readUntil(child, (l) => l.includes('"progress"'));
   assert(lines.some((l) => l.includes('"progress"')), `no progress seen: ${lines.join("\n")}`);
@@ -120,12 +135,12 @@ async function interruptMidCopy(signal: "SIGINT" | "SIGTERM", code: number) {
   await sb.assertNothingLeft();
 }
 
-Deno.test("SIGTERM mid-copy: exit 143, output removed, nothing left", async () => {
-  await interruptMidCopy("SIGTERM", 143);
+Deno.test("SIGTERM mid-copy to raw: exit 143, output removed, nothing left", async () => {
+  await interruptMidCopy("SIGTERM", 143, "raw");
 });
 
-Deno.test("SIGINT mid-copy: exit 130, output removed, nothing left", async () => {
-  await interruptMidCopy("SIGINT", 130);
+Deno.test("SIGINT mid-copy to qcow2 (written in process): exit 130, output removed, nothing left", async () => {
+  await interruptMidCopy("SIGINT", 130, "qcow2");
 });
 
 for (const [socket, role] of [["out-sda.sock", "target"], ["in-sda.sock", "source"]] as const) {
@@ -145,6 +160,9 @@ for (const [socket, role] of [["out-sda.sock", "target"], ["in-sda.sock", "sourc
       out,
       "-of",
       "qcow2",
+      // Preallocated qcow2 is the local output still written through a qemu-nbd server.
+      "-oa",
+      "preallocated",
       "--machine-readable",
     ]);
     const stderr = new Response(child.stderr).text();

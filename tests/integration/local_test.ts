@@ -81,6 +81,12 @@ for (
       ),
     );
     assertEquals(info.format, outFormat);
+    if (outFormat === "qcow2") {
+      // Written in process by vmshift's own qcow2 writer: qemu must find it clean.
+      const check = await new Deno.Command("qemu-img", { args: ["check", "-f", "qcow2", disk] })
+        .output();
+      assertEquals(check.code, 0, new TextDecoder().decode(check.stdout));
+    }
     assertEquals(info["virtual-size"], src.image.virtualSize);
     // Zeroes and holes are never written as data: the output holds the data and little more.
     // Extents come at the source's granularity (64 KiB qcow2 clusters, 4 KiB file system
