@@ -61,6 +61,12 @@ interface L2Table {
   readonly view: DataView;
   /** Changed since its last write-back started. */
   dirty: boolean;
+  /**
+   * Read back for a waiting caller that has not taken it yet: not evicted until then, or
+   * writers needing more tables than the cache holds could evict each other's tables
+   * forever.
+   */
+  fresh: boolean;
   /** Write-backs in flight: while any is, the copy on disk may be stale. */
   writing: number;
   /** The last write-back: the next one waits for it, so they land in order. */
@@ -368,6 +374,7 @@ export class Qcow2Writer implements AsyncDisposable {
   #table(index: number, create: boolean): L2Table | undefined | Promise<void> {
     const cached = this.#cache.get(index);
     if (cached) {
+      cached.fresh = false;
       this.#cache.delete(index);
       this.#cache.set(index, cached);
       return cached;
@@ -390,7 +397,10 @@ export class Qcow2Writer implements AsyncDisposable {
       return table;
     }
     const table = newTable(index, host);
-    const load = this.#file.pread(table.bytes, host).then(() => this.#insert(table));
+    const load = this.#file.pread(table.bytes, host).then(() => {
+      table.fresh = true;
+      this.#insert(table);
+    });
     const forget = () => this.#loading.delete(index);
     this.#loading.set(index, load);
     load.then(forget, forget);
@@ -406,11 +416,15 @@ export class Qcow2Writer implements AsyncDisposable {
     }
   }
 
-  /** Adds a table as most recently used, evicting the least recently used beyond the limit. */
+  /**
+   * Adds a table as most recently used, evicting the least recently used beyond the limit
+   * (except fresh ones: the cache may exceed the limit by the tables being read back).
+   */
   #insert(table: L2Table): void {
     this.#cache.set(table.index, table);
     for (const [index, old] of this.#cache) {
       if (this.#cache.size <= this.#maxTables) break;
+      if (old.fresh || old === table) continue;
       this.#cache.delete(index);
       if (old.dirty) this.#writeBack(old);
       // A clean table still being written back must be found again on a miss.
@@ -512,6 +526,7 @@ function newTable(index: number, host: number): L2Table {
     bytes,
     view: new DataView(bytes.buffer),
     dirty: false,
+    fresh: false,
     writing: 0,
     written: Promise.resolve(),
   };
