@@ -112,7 +112,8 @@ export interface CopyOptions {
   connections?: number;
   /**
    * Requests in flight per connection.
-   * @default 2
+   * @default 2, or 4 when reading in place (`backingFile`): those requests need no buffer,
+   *   and the writes they wait on are the whole cost
    */
   depth?: number;
   /**
@@ -264,7 +265,7 @@ export async function copyDisk(
     return p;
   };
 
-  const depth = Math.max(1, options.depth ?? 2);
+  const depth = Math.max(1, options.depth ?? (local ? 4 : 2));
   const workers: Promise<void>[] = [];
   const failure = new AbortController();
   for (let w = 0; w < connections * depth; w++) {
@@ -273,7 +274,8 @@ export async function copyDisk(
     const writer = writers[w % connections]!;
     workers.push(
       (async () => {
-        const buffer = new Uint8Array(chunk);
+        // Allocated on the first read over NBD: data read in place needs no buffer.
+        let buffer: Uint8Array | undefined;
         while (true) {
           signal.throwIfAborted();
           if (failure.signal.aborted) return;
@@ -289,6 +291,7 @@ export async function copyDisk(
             if (view) {
               result.localBytes += length;
             } else {
+              buffer ??= new Uint8Array(chunk);
               view = buffer.subarray(0, length);
               await from.readInto(offset, view);
             }

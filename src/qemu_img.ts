@@ -71,6 +71,17 @@ export interface CreateOptions {
 export async function createImage(path: string, options: CreateOptions): Promise<void> {
   // O_EXCL: refuse to overwrite, and no race between the check and the creation.
   const f = await Deno.open(path, { write: true, createNew: true, mode: 0o644 });
+  if (options.format === "raw" && !options.preallocated) {
+    // A sparse raw image is a file of the right size: no program to start for it.
+    try {
+      await f.truncate(options.size);
+    } catch (e) {
+      throw new Error(`Cannot create "${path}": ${e instanceof Error ? e.message : e}`);
+    } finally {
+      f.close();
+    }
+    return;
+  }
   f.close();
   const opts = [];
   if (options.preallocated) opts.push("preallocation=falloc");
