@@ -8,7 +8,7 @@
  */
 
 import { HELP, parseCli } from "./src/cli.ts";
-import { isSubcommand, PLAN_HELP, runSubcommand } from "./src/plan/cli.ts";
+import { isSubcommand, PLAN_HELP } from "./src/plan/help.ts";
 import { EXIT, InterruptedError, UsageError } from "./src/errors.ts";
 import { INPUT_MODES } from "./src/input/mod.ts";
 import { OUTPUT_MODES } from "./src/output/mod.ts";
@@ -45,7 +45,10 @@ export const CAPABILITIES: readonly string[] = [
  */
 export async function main(argv: readonly string[]): Promise<number> {
   // `vmshift plan|schedule|status PLAN`; a command line with -i is always one migration.
-  if (isSubcommand(argv)) return await runSubcommand(argv);
+  if (isSubcommand(argv)) {
+    const { runSubcommand } = await import("./src/plan/cli.ts");
+    return await runSubcommand(argv);
+  }
   let cli;
   try {
     cli = parseCli(argv);
