@@ -236,24 +236,48 @@ Deno.test("copy into a new raw file through several handles writes every chunk i
   assertBytesEqual(await Deno.readFile(out), data);
 });
 
+/**
+ * Serves a qcow2 source and a qcow2 overlay over it, as the pipeline does: the source
+ * read-only, the overlay with `qemu:allocation-depth`. `write` is conversion's stand-in, a
+ * qemu-io write into the overlay.
+ */
+async function overlayOver(
+  dir: TempDir,
+  src: string,
+  write?: string,
+): Promise<AsyncDisposable & { backing: string; top: string }> {
+  const stack = new AsyncDisposableStack();
+  try {
+    const backing = stack.use(
+      await serveQemuNbd(src, { socket: dir.join("b.sock"), format: "qcow2", readOnly: true }),
+    );
+    const overlay = dir.join("overlay.qcow2");
+    await createOverlay(overlay, backing.uri, 64 * MiB);
+    if (write) await run("qemu-io", ["-f", "qcow2", "-c", write, overlay]);
+    const top = stack.use(
+      await serveQemuNbd(overlay, {
+        socket: dir.join("o.sock"),
+        format: "qcow2",
+        readOnly: true,
+        allocationDepth: true,
+      }),
+    );
+    return {
+      backing: backing.uri,
+      top: top.uri,
+      [Symbol.asyncDispose]: () => stack.disposeAsync(),
+    };
+  } catch (e) {
+    await stack.disposeAsync();
+    throw e;
+  }
+}
+
 Deno.test("data the overlay does not hold is read from the backing source", async () => {
   await using dir = await TempDir.create();
   const src = await image(dir);
-  await using backing = await serveQemuNbd(src, {
-    socket: dir.join("b.sock"),
-    format: "qcow2",
-    readOnly: true,
-  });
-  const overlay = dir.join("overlay.qcow2");
-  await createOverlay(overlay, backing.uri, 64 * MiB);
   // Conversion's stand-in: one write into the overlay, over part of the source's data.
-  await run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 1M 64k", overlay]);
-  await using top = await serveQemuNbd(overlay, {
-    socket: dir.join("o.sock"),
-    format: "qcow2",
-    readOnly: true,
-    allocationDepth: true,
-  });
+  await using servers = await overlayOver(dir, src, "write -P 0x11 1M 64k");
   // Tell the copy that the backing is a different image: every byte that comes from it then
   // shows where it was read from.
   const other = dir.join("other.raw");
@@ -264,7 +288,7 @@ Deno.test("data the overlay does not hold is read from the backing source", asyn
     readOnly: true,
   });
   const got = new Uint8Array(64 * MiB);
-  const result = await copyDisk(top.uri, recorder(true, got), {
+  const result = await copyDisk(servers.top, recorder(true, got), {
     backingUri: otherServer.uri,
     requestSize: 1 * MiB,
   });
@@ -300,26 +324,13 @@ Deno.test("data the overlay does not hold is read in place from a local source f
   const src = await mixedSource(dir);
   const before = await Deno.readFile(src);
   const mtime = (await Deno.stat(src)).mtime;
-  await using backing = await serveQemuNbd(src, {
-    socket: dir.join("b.sock"),
-    format: "qcow2",
-    readOnly: true,
-  });
-  const overlay = dir.join("overlay.qcow2");
-  await createOverlay(overlay, backing.uri, 64 * MiB);
-  await run("qemu-io", ["-f", "qcow2", "-c", "write -P 0x11 1M 64k", overlay]);
-  await using top = await serveQemuNbd(overlay, {
-    socket: dir.join("o.sock"),
-    format: "qcow2",
-    readOnly: true,
-    allocationDepth: true,
-  });
+  await using servers = await overlayOver(dir, src, "write -P 0x11 1M 64k");
   const processes = liveCount();
   for (const readsZeroes of [true, false]) {
     const got = new Uint8Array(64 * MiB).fill(readsZeroes ? 0 : 0xff);
     const target = recorder(readsZeroes, got);
-    const result = await copyDisk(top.uri, target, {
-      backingUri: backing.uri,
+    const result = await copyDisk(servers.top, target, {
+      backingUri: servers.backing,
       backingFile: { path: src, format: "qcow2" },
       requestSize: 1 * MiB,
     });
@@ -348,19 +359,7 @@ Deno.test("data the overlay does not hold is read in place from a local source f
 Deno.test("a copy aborted while reading in place leaves no qemu-img behind", async () => {
   await using dir = await TempDir.create();
   const src = await mixedSource(dir);
-  await using backing = await serveQemuNbd(src, {
-    socket: dir.join("b.sock"),
-    format: "qcow2",
-    readOnly: true,
-  });
-  const overlay = dir.join("overlay.qcow2");
-  await createOverlay(overlay, backing.uri, 64 * MiB);
-  await using top = await serveQemuNbd(overlay, {
-    socket: dir.join("o.sock"),
-    format: "qcow2",
-    readOnly: true,
-    allocationDepth: true,
-  });
+  await using servers = await overlayOver(dir, src);
   const processes = liveCount();
   const stop = new AbortController();
   const target = recorder(true, new Uint8Array(64 * MiB));
@@ -377,8 +376,8 @@ Deno.test("a copy aborted while reading in place leaves no qemu-img behind", asy
   };
   await assertRejects(
     () =>
-      copyDisk(top.uri, target, {
-        backingUri: backing.uri,
+      copyDisk(servers.top, target, {
+        backingUri: servers.backing,
         backingFile: { path: src, format: "qcow2" },
         requestSize: 64 * 1024,
         signal: stop.signal,

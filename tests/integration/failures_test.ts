@@ -109,18 +109,8 @@ async function interruptMidCopy(
   const sum = await sha256(src);
   const out = join(sb.work, "out");
   await Deno.mkdir(out);
-  const child = sb.spawn([
-    "-i",
-    "disk",
-    src,
-    "-o",
-    "local",
-    "-os",
-    out,
-    "-of",
-    format,
-    "--machine-readable",
-  ]);
+  const local = ["-o", "local", "-os", out, "-of", format];
+  const child = sb.spawn(["-i", "disk", src, ...local, "--machine-readable"]);
   const stderr = new Response(child.stderr).text();
   const { lines, rest } = await readUntil(child, (l) => l.includes('"progress"'));
   assert(lines.some((l) => l.includes('"progress"')), `no progress seen: ${lines.join("\n")}`);
@@ -150,21 +140,9 @@ for (const [socket, role] of [["out-sda.sock", "target"], ["in-sda.sock", "sourc
     await makeTestImage(src, { format: "qcow2", virtualSize: 2048 * MiB, dataBytes: 768 * MiB });
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
-    const child = sb.spawn([
-      "-i",
-      "disk",
-      src,
-      "-o",
-      "local",
-      "-os",
-      out,
-      "-of",
-      "qcow2",
-      // Preallocated qcow2 is the local output still written through a qemu-nbd server.
-      "-oa",
-      "preallocated",
-      "--machine-readable",
-    ]);
+    // Preallocated qcow2 is the local output still written through a qemu-nbd server.
+    const local = ["-o", "local", "-os", out, "-of", "qcow2", "-oa", "preallocated"];
+    const child = sb.spawn(["-i", "disk", src, ...local, "--machine-readable"]);
     const stderr = new Response(child.stderr).text();
     const { rest } = await readUntil(child, (l) => l.includes('"progress"'));
     const server = (await processesMentioning(sb.tmp)).find((l) =>

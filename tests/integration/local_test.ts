@@ -55,18 +55,8 @@ for (
     const src = await source(sb, inFormat);
     const out = join(sb.work, "out");
     await Deno.mkdir(out);
-    const r = await sb.run([
-      "-i",
-      "disk",
-      src.path,
-      "-o",
-      "local",
-      "-os",
-      out,
-      "-of",
-      outFormat,
-      "-v",
-    ]);
+    const local = ["-o", "local", "-os", out, "-of", outFormat];
+    const r = await sb.run(["-i", "disk", src.path, ...local, "-v"]);
     assertEquals(r.code, 0, r.stderr);
     // raw and qcow2 sources are read in place (a memory map of the file), vmdk over NBD.
     const inPlace = Number(/\((\d+) read in place\)/.exec(r.stderr)?.[1]);
