@@ -24,9 +24,11 @@ Deno.test({
     await using pg = await TestPostgres.start();
     await using sb = await Sandbox.create();
     const plan = `${sb.work}/plan.yaml`;
+    // This test's children, told apart from those of tests running beside it by their disk.
+    const disk = `${sb.work}/x.img`;
     await Deno.writeTextFile(
       plan,
-      `defaults: { input: { mode: disk, args: [x.img] }, output: { mode: "null" }, convert: false }
+      `defaults: { input: { mode: disk, args: ["${disk}"] }, output: { mode: "null" }, convert: false }
 limits: { total: 2, perSourceHost: 3 }
 vms:
 ${
@@ -116,7 +118,7 @@ ${
       >;
       assert(vms.every((v) => v.state === "done"), JSON.stringify(vms));
       assertEquals(vms.find((v) => v.name === killedVm)!.attempts, 2);
-      assertEquals(await processesMentioning(FAKE), []);
+      assertEquals(await processesMentioning(disk), []);
     }
     await sb.assertNothingLeft();
   },

@@ -125,9 +125,11 @@ Deno.test("a scheduler killed mid-migration: the next one stops the orphan, retr
   await using sb = await Sandbox.create();
   const log = `${sb.work}/runs.log`;
   const plan = `${sb.work}/plan.yaml`;
+  // This test's children, told apart from those of tests running beside it by their disk.
+  const disk = `${sb.work}/x.img`;
   await Deno.writeTextFile(
     plan,
-    `defaults: { input: { mode: disk, args: [x.img] }, output: { mode: "null" }, convert: false }
+    `defaults: { input: { mode: disk, args: ["${disk}"] }, output: { mode: "null" }, convert: false }
 limits: { total: 2 }
 vms: [{ name: a }, { name: b }, { name: c }]
 `,
@@ -166,7 +168,7 @@ vms: [{ name: a }, { name: b }, { name: c }]
   first.kill("SIGKILL");
   await first.status;
   await seen.rest;
-  const orphans = await processesMentioning(FAKE);
+  const orphans = await processesMentioning(disk);
   assertEquals(orphans.length, 2, "the children outlive a killed scheduler");
 
   const r = await new Deno.Command(Deno.execPath(), {
@@ -188,7 +190,7 @@ vms: [{ name: a }, { name: b }, { name: c }]
     ["done", 2],
     ["done", 1],
   ]);
-  assertEquals(await processesMentioning(FAKE), []);
+  assertEquals(await processesMentioning(disk), []);
   await sb.assertNothingLeft();
 });
 
