@@ -35,6 +35,12 @@ export interface LibvirtXmlOptions {
    * @default true
    */
   virtio?: boolean;
+  /**
+   * The NIC model, when it differs from what `virtio` implies: a Windows guest for which
+   * virtio-win had the storage driver but not the network one gets virtio disks and e1000 NICs.
+   * @default "virtio" when `virtio`, else "e1000"
+   */
+  nic?: "virtio" | "e1000";
 }
 
 /** How many disks one SATA (AHCI) controller takes. */
@@ -90,6 +96,7 @@ export function libvirtXml(
     );
   }
   const virtio = options.virtio ?? true;
+  const nicModel = options.nic ?? (virtio ? "virtio" : "e1000");
   const uefi = vm.firmware === "uefi";
   const secureBoot = uefi && vm.secureBoot === true;
   const memoryKiB = Math.ceil(vm.memory / 1024);
@@ -153,7 +160,7 @@ export function libvirtXml(
   for (const nic of vm.nics) {
     line(2, "<interface type='network'>");
     line(3, `<source network=${xmlAttr(nic.network || "default")}/>`);
-    line(3, `<model type='${virtio ? "virtio" : "e1000"}'/>`);
+    line(3, `<model type='${nicModel}'/>`);
     if (nic.mac !== undefined) line(3, `<mac address='${nic.mac.toLowerCase()}'/>`);
     line(2, "</interface>");
   }

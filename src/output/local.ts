@@ -13,5 +13,8 @@ export const localOutput = directoryOutput("local", {
   suffix: ".xml",
   mode: 0o644,
   render: (vm, disks) =>
-    libvirtXml(vm, disks, { virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk" }),
+    libvirtXml(vm, disks, {
+      virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk",
+      ...(vm.targetDevices ? { nic: vm.targetDevices.nic } : {}),
+    }),
 });

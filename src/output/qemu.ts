@@ -13,5 +13,8 @@ export const qemuOutput = directoryOutput("qemu", {
   suffix: ".sh",
   mode: 0o755,
   render: (vm, disks) =>
-    qemuScript(vm, disks, { virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk" }),
+    qemuScript(vm, disks, {
+      virtio: (vm.targetDevices?.disk ?? "virtio-blk") === "virtio-blk",
+      ...(vm.targetDevices ? { nic: vm.targetDevices.nic } : {}),
+    }),
 });

@@ -43,6 +43,12 @@ export interface QemuScriptOptions {
    * @default true
    */
   virtio?: boolean;
+  /**
+   * The NIC model, when it differs from what `virtio` implies: a Windows guest for which
+   * virtio-win had the storage driver but not the network one gets virtio disks and e1000 NICs.
+   * @default "virtio" when `virtio`, else "e1000"
+   */
+  nic?: "virtio" | "e1000";
 }
 
 /**
@@ -86,6 +92,7 @@ export function qemuScript(
 ): string {
   checkVm(vm, disks);
   const virtio = options.virtio ?? true;
+  const nicModel = options.nic ?? (virtio ? "virtio" : "e1000");
   const uefi = vm.firmware === "uefi";
   const secureBoot = uefi && vm.secureBoot === true;
   const q = shellQuote;
@@ -196,7 +203,10 @@ export function qemuScript(
   vm.nics.forEach((nic, i) => {
     opt("-netdev", `user,id=net${i}`);
     const mac = nic.mac === undefined ? "" : `,mac=${nic.mac.toLowerCase()}`;
-    opt("-device", `${virtio ? "virtio-net-pci" : "e1000"},netdev=net${i},id=nic${i}${mac}`);
+    opt(
+      "-device",
+      `${nicModel === "virtio" ? "virtio-net-pci" : "e1000"},netdev=net${i},id=nic${i}${mac}`,
+    );
   });
 
   if (virtio) {

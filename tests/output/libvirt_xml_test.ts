@@ -247,6 +247,14 @@ Deno.test("libvirt XML without virtio puts disks on SATA and NICs on e1000", asy
   assertEquals(await doc.get("string(/domain/devices/memballoon/@model)"), "none");
 });
 
+Deno.test("libvirt XML can put disks on virtio and NICs on e1000 (no netkvm for the guest)", async () => {
+  await using dir = await TempDir.create();
+  const doc = await Doc.write(dir, libvirtXml(vmWith({}, 2), targets(2), { nic: "e1000" }));
+  assertEquals(await doc.count("/domain/devices/disk/target[@bus='virtio']"), 2);
+  assertEquals(await doc.count("/domain/devices/interface/model[@type='e1000']"), 2);
+  assertEquals(await doc.count("/domain/devices/interface/model[@type='virtio']"), 0);
+});
+
 Deno.test("libvirt XML keeps Windows clocks in local time", async () => {
   await using dir = await TempDir.create();
   for (const guestOs of ["windows9-64", "winNetEnterprise", "Microsoft Windows Server 2019"]) {

@@ -232,6 +232,18 @@ Deno.test("QEMU script without virtio uses SATA disks and e1000 NICs", async () 
   assertEquals(values(argv, "-rtc"), ["base=localtime,driftfix=slew"]);
 });
 
+Deno.test("QEMU script can put disks on virtio and NICs on e1000 (no netkvm for the guest)", async () => {
+  await using dir = await TempDir.create();
+  const vm = vmWith({ guestOs: "windows9-64" }, 1);
+  const argv = await fakeArgv(dir, qemuScript(vm, targets(1), { nic: "e1000" }), {
+    QEMU_ACCEL: "tcg",
+  });
+  const devices = values(argv, "-device");
+  assert(devices.some((d) => d.startsWith("virtio-blk-pci,")), devices.join(" "));
+  assert(devices.some((d) => d.startsWith("e1000,netdev=net0,")), devices.join(" "));
+  assertEquals(devices.filter((d) => d.startsWith("virtio-net-pci")), []);
+});
+
 Deno.test("QEMU script boots UEFI guests from OVMF with their own variable store", async () => {
   await using dir = await TempDir.create();
   const code = dir.join("code, 1.fd");
