@@ -12,7 +12,9 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { run } from "../../src/process.ts";
+import { assert } from "../_assert.ts";
 import { makeCa, makeServerCertificate } from "../servers/_tls.ts";
+import type { RunResult } from "./_harness.ts";
 
 const SOURCE = fileURLToPath(new URL("../vcsim/main.go", import.meta.url));
 const GOPATH_SYSTEM = "/usr/share/gocode";
@@ -258,4 +260,54 @@ export async function startVcsim(dir: string, options: VcsimOptions): Promise<Vc
 export async function addVcsimFiles(vmxDir: string, name: string): Promise<void> {
   await Deno.writeFile(join(vmxDir, `${name}.nvram`), new Uint8Array(0));
   await Deno.writeFile(join(vmxDir, "vmware.log"), new Uint8Array(0));
+}
+
+// --- helpers the vSphere tests share ----------------------------------------------------------
+
+/**
+ * A raw disk image for a fixture VM: random data in the ranges given, zeroes elsewhere (sparse).
+ *
+ * @param path The file to write.
+ * @param size Its size.
+ * @param data `[offset, length]` ranges of random data.
+ * @returns The path.
+ */
+export async function rawImage(
+  path: string,
+  size: number,
+  data: Array<[number, number]>,
+): Promise<string> {
+  using f = await Deno.open(path, { create: true, write: true, truncate: true });
+  for (const [offset, length] of data) {
+    const buf = new Uint8Array(length);
+    for (let i = 0; i < length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
+    await f.seek(offset, Deno.SeekMode.Start);
+    for (let n = 0; n < length;) n += await f.write(buf.subarray(n));
+  }
+  await f.truncate(size);
+  return path;
+}
+
+/**
+ * The options that log vmshift in to the simulator.
+ *
+ * @param sim The simulator.
+ * @param passwordFile The password file (default: the right one).
+ * @returns `-ic`, `-ip` and `-io vsphere-cafile=`.
+ */
+export function login(sim: Vcsim, passwordFile = sim.passwordFile): string[] {
+  return ["-ic", sim.uri(), "-ip", passwordFile, "-io", `vsphere-cafile=${sim.caFile}`];
+}
+
+/**
+ * Asserts that neither the password nor the session cookie shows in a run's output.
+ *
+ * @param r The run.
+ * @param sim The simulator.
+ */
+export function assertNoSecret(r: RunResult, sim: Vcsim): void {
+  for (const out of [r.stdout, r.stderr]) {
+    assert(!out.includes(sim.password), "the password was shown");
+    assert(!out.includes("vmware_soap_session"), "the session cookie was shown");
+  }
 }

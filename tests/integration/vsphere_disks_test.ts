@@ -17,27 +17,19 @@ import {
   Sandbox,
   sha256,
 } from "./_harness.ts";
-import { addVcsimFiles, type SimVm, startVcsim, type Vcsim, type VcsimOptions } from "./_vcsim.ts";
+import {
+  addVcsimFiles,
+  assertNoSecret,
+  login,
+  rawImage,
+  type SimVm,
+  startVcsim,
+  type Vcsim,
+  type VcsimOptions,
+} from "./_vcsim.ts";
 
 const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
-
-/** A raw image: random data in the ranges given, zeroes elsewhere (sparse). */
-async function rawImage(
-  path: string,
-  size: number,
-  data: Array<[number, number]>,
-): Promise<string> {
-  using f = await Deno.open(path, { create: true, write: true, truncate: true });
-  for (const [offset, length] of data) {
-    const buf = new Uint8Array(length);
-    for (let i = 0; i < length; i += 65536) crypto.getRandomValues(buf.subarray(i, i + 65536));
-    await f.seek(offset, Deno.SeekMode.Start);
-    for (let n = 0; n < length;) n += await f.write(buf.subarray(n));
-  }
-  await f.truncate(size);
-  return path;
-}
 
 /**
  * A twoGbMaxExtentFlat disk as qemu-img writes it, with its one `-f001.vmdk` split further into
@@ -121,15 +113,32 @@ function simVm(fx: VmwareFixture, controller = "pvscsi"): SimVm {
   };
 }
 
-function login(sim: Vcsim): string[] {
-  return ["-ic", sim.uri(), "-ip", sim.passwordFile, "-io", `vsphere-cafile=${sim.caFile}`];
-}
-
-function assertNoSecret(r: RunResult, sim: Vcsim): void {
-  for (const out of [r.stdout, r.stderr]) {
-    assert(!out.includes(sim.password), "the password was shown");
-    assert(!out.includes("vmware_soap_session"), "the session cookie was shown");
-  }
+/**
+ * Migrates a simulated VM to `-o local` in the sandbox with `-v -x`; checks it succeeded and
+ * showed no secret.
+ */
+async function migrateToLocal(
+  sb: Sandbox,
+  sim: Vcsim,
+  vm: string,
+): Promise<{ r: RunResult; out: string }> {
+  const out = join(sb.work, "out");
+  await Deno.mkdir(out);
+  const r = await sb.run([
+    "-i",
+    "vsphere",
+    ...login(sim),
+    vm,
+    "-o",
+    "local",
+    "-os",
+    out,
+    "-v",
+    "-x",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assertNoSecret(r, sim);
+  return { r, out };
 }
 
 Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), hardware, disks copied identical", async () => {
@@ -185,22 +194,7 @@ Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), 
           network: "VM Network",
         }]);
       }
-      const out = join(sb.work, "out");
-      await Deno.mkdir(out);
-      const r = await sb.run([
-        "-i",
-        "vsphere",
-        ...login(sim),
-        "esx01",
-        "-o",
-        "local",
-        "-os",
-        out,
-        "-v",
-        "-x",
-      ]);
-      assertEquals(r.code, 0, r.stderr);
-      assertNoSecret(r, sim);
+      const { r, out } = await migrateToLocal(sb, sim, "esx01");
       assertStringIncludes(r.stderr, "ESXi");
       assertStringIncludes(
         r.stderr,
@@ -211,19 +205,7 @@ Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), 
 
       const wrong = join(sb.work, "wrong-password");
       await Deno.writeTextFile(wrong, "not-the-password\n");
-      const bad = await sb.run([
-        "-i",
-        "vsphere",
-        "-ic",
-        sim.uri(),
-        "-ip",
-        wrong,
-        "-io",
-        `vsphere-cafile=${sim.caFile}`,
-        "esx01",
-        "-o",
-        "null",
-      ]);
+      const bad = await sb.run(["-i", "vsphere", ...login(sim, wrong), "esx01", "-o", "null"]);
       assertEquals(bad.code, 1, bad.stderr);
       assertStringIncludes(
         bad.stderr,
@@ -282,22 +264,7 @@ Deno.test("-i vsphere -it https: twoGbMaxExtentFlat, twoGbMaxExtentSparse and st
     },
     {},
     async ({ sb, sim }) => {
-      const out = join(sb.work, "out");
-      await Deno.mkdir(out);
-      const r = await sb.run([
-        "-i",
-        "vsphere",
-        ...login(sim),
-        "split01",
-        "-o",
-        "local",
-        "-os",
-        out,
-        "-v",
-        "-x",
-      ]);
-      assertEquals(r.code, 0, r.stderr);
-      assertNoSecret(r, sim);
+      const { r, out } = await migrateToLocal(sb, sim, "split01");
       for (const f of ["f001", "f002", "f003", "_1-s001", "_1-s002"]) {
         const name = f.startsWith("_") ? `split01${f}` : `split01-${f}`;
         assertStringIncludes(r.stderr, `/folder/split01/${name}.vmdk?dcPath=DC0&dsName=datastore1`);

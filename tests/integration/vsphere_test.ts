@@ -17,17 +17,17 @@ import {
   Sandbox,
   sha256,
 } from "./_harness.ts";
-import { addVcsimFiles, type SimVm, startVcsim, type Vcsim } from "./_vcsim.ts";
+import {
+  addVcsimFiles,
+  assertNoSecret,
+  login,
+  rawImage,
+  type SimVm,
+  startVcsim,
+  type Vcsim,
+} from "./_vcsim.ts";
 
 const MiB = 1024 * 1024;
-
-async function rawImage(path: string, size: number): Promise<string> {
-  const data = new Uint8Array(size / 2);
-  for (let i = 0; i < data.length; i += 65536) crypto.getRandomValues(data.subarray(i, i + 65536));
-  await Deno.writeFile(path, data);
-  await Deno.truncate(path, size);
-  return path;
-}
 
 interface World {
   sb: Sandbox;
@@ -46,9 +46,9 @@ async function withSimulator(fn: (w: World) => Promise<void>): Promise<void> {
       const ds = join(dir, "datastore1");
       await Deno.mkdir(ds);
       const raw = {
-        a: await rawImage(join(dir, "a.img"), 4 * MiB),
-        b: await rawImage(join(dir, "b.img"), 2 * MiB),
-        c: await rawImage(join(dir, "c.img"), 1 * MiB),
+        a: await rawImage(join(dir, "a.img"), 4 * MiB, [[0, 2 * MiB]]),
+        b: await rawImage(join(dir, "b.img"), 2 * MiB, [[0, MiB]]),
+        c: await rawImage(join(dir, "c.img"), 1 * MiB, [[0, MiB / 2]]),
       };
       const fixtures: Record<string, VmwareFixture> = {
         web01: await makeVmwareFixture(join(ds, "web01"), {
@@ -134,10 +134,6 @@ async function withSimulator(fn: (w: World) => Promise<void>): Promise<void> {
   }
 }
 
-function login(sim: Vcsim): string[] {
-  return ["-ic", sim.uri(), "-ip", sim.passwordFile, "-io", `vsphere-cafile=${sim.caFile}`];
-}
-
 function source(r: RunResult): Record<string, unknown> {
   assertEquals(r.code, 0, r.stderr);
   const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
@@ -148,13 +144,6 @@ function assertFailed(r: RunResult, message: string, sim: Vcsim): void {
   assertEquals(r.code, 1, r.stderr);
   assertStringIncludes(r.stderr, message);
   assertNoSecret(r, sim);
-}
-
-function assertNoSecret(r: RunResult, sim: Vcsim): void {
-  for (const out of [r.stdout, r.stderr]) {
-    assert(!out.includes(sim.password), "the password was shown");
-    assert(!out.includes("vmware_soap_session"), "the session cookie was shown");
-  }
 }
 
 Deno.test("-i vsphere: finds the VM by name, moref and as -i libvirt -ic vpx://, hardware from the API", async () => {
@@ -264,19 +253,7 @@ Deno.test("-i vsphere: wrong password, unknown VM, running VM, VM with snapshots
   await withSimulator(async ({ sb, sim, raw }) => {
     const wrong = join(sb.work, "wrong-password");
     await Deno.writeTextFile(wrong, "not-the-password\n");
-    const badLogin = await sb.run([
-      "-i",
-      "vsphere",
-      "-ic",
-      sim.uri(),
-      "-ip",
-      wrong,
-      "-io",
-      `vsphere-cafile=${sim.caFile}`,
-      "web01",
-      "-o",
-      "null",
-    ]);
+    const badLogin = await sb.run(["-i", "vsphere", ...login(sim, wrong), "web01", "-o", "null"]);
     assertFailed(
       badLogin,
       `Cannot log in to vCenter "${sim.server}" as "administrator@vsphere.local": the user ` +
