@@ -16,6 +16,8 @@ import { parseCli, parseRate } from "../cli.ts";
 import { errorMessage, UsageError } from "../errors.ts";
 import { selectInput } from "../input/mod.ts";
 import { selectOutput } from "../output/mod.ts";
+import type { InputCli } from "../input/types.ts";
+import type { OutputCli } from "../output/types.ts";
 import { type Cron, parseCron } from "./cron.ts";
 
 /** One problem in a plan. */
@@ -53,28 +55,17 @@ export function formatIssue(i: PlanIssue): string {
   return `${i.vm !== undefined ? `vm "${i.vm}": ` : ""}${i.field}: ${i.message}`;
 }
 
-/** The input side of a plan entry (the `-i` options of one run). */
-export interface PlanInput {
-  mode: string;
-  args: string[];
-  conn?: string;
-  format?: string;
-  transport?: string;
-  passwordFile?: string;
-  options: Record<string, string>;
-}
+/**
+ * The input side of a plan entry: the `-i` options of one run, as the command line has them,
+ * with `-io` options keyed by name.
+ */
+export type PlanInput = Omit<InputCli, "options"> & { options: Record<string, string> };
 
-/** The output side of a plan entry (the `-o` options of one run). */
-export interface PlanOutput {
-  mode: string;
-  conn?: string;
-  format?: string;
-  allocation?: string;
-  storage?: string;
-  passwordFile?: string;
-  name?: string;
-  options: Record<string, string>;
-}
+/**
+ * The output side of a plan entry: the `-o` options of one run, as the command line has them,
+ * with `-oo` options keyed by name.
+ */
+export type PlanOutput = Omit<OutputCli, "options"> & { options: Record<string, string> };
 
 /** A VM of the plan, with the defaults applied. */
 export interface PlanVm {
