@@ -132,7 +132,8 @@ export interface CopyOptions {
   backingUri?: string;
   /**
    * The local image file the backing source serves, to read untouched data from in place
-   * (a memory map: no NBD read, no buffer copy). Used only with `backingUri`, when it is used.
+   * (a memory map: no NBD read, no buffer copy): raw or qcow2 (see `LocalImage.canRead`). Used
+   * only with `backingUri`, when it is used.
    */
   backingFile?: { path: string; format: string };
 }
@@ -220,10 +221,9 @@ export async function copyDisk(
     }
   }
   // Declared after the connections, so disposed before them: after every worker is done.
-  const local =
-    backings.length && options.backingFile && LocalImage.canRead(options.backingFile.format)
-      ? stack.use(LocalImage.open(options.backingFile.path, options.backingFile.format, { signal }))
-      : undefined;
+  const local = backings.length && options.backingFile
+    ? stack.use(LocalImage.open(options.backingFile.path, options.backingFile.format, { signal }))
+    : undefined;
   // Lost writes are re-read through the overlay: it serves the converted disk as a whole.
   for (let i = 0; i < connections; i++) {
     writers.push(stack.use(await target.connect(signal, sources[i]!)));

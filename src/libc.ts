@@ -126,17 +126,8 @@ export class PosixFile {
    * @param position Byte offset in the file.
    */
   async pwrite(data: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const part = data.subarray(done);
-      const n = Number(
-        await libc().pwrite(
-          this.#open(),
-          Deno.UnsafePointer.of(part as Uint8Array<ArrayBuffer>),
-          BigInt(part.length),
-          BigInt(position + done),
-        ),
-      );
+    for (let done = 0; done < data.length;) {
+      const n = await this.#io("pwrite", data.subarray(done), position + done);
       if (n <= 0) {
         throw new Error(
           `Cannot write "${this.path}" at ${position + done}: ${
@@ -155,24 +146,23 @@ export class PosixFile {
    * @param position Byte offset in the file.
    */
   async pread(into: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    while (done < into.length) {
-      const part = into.subarray(done);
-      const n = Number(
-        await libc().pread(
-          this.#open(),
-          Deno.UnsafePointer.of(part as Uint8Array<ArrayBuffer>),
-          BigInt(part.length),
-          BigInt(position + done),
-        ),
-      );
+    for (let done = 0; done < into.length;) {
+      const n = await this.#io("pread", into.subarray(done), position + done);
       if (n < 0) throw new Error(`Cannot read "${this.path}" at ${position + done}: read failed`);
       if (n === 0) {
-        part.fill(0);
+        into.fill(0, done);
         return;
       }
       done += n;
     }
+  }
+
+  /** One `pread` or `pwrite` call on the thread pool: the byte count, or -1. */
+  async #io(call: "pread" | "pwrite", buf: Uint8Array, position: number): Promise<number> {
+    const pointer = Deno.UnsafePointer.of(buf as Uint8Array<ArrayBuffer>);
+    return Number(
+      await libc()[call](this.#open(), pointer, BigInt(buf.length), BigInt(position)),
+    );
   }
 
   /** Makes everything written durable (`fdatasync`). */
