@@ -408,36 +408,39 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
   // on these shared machines would fail on load, not on vmshift. The times are shown.
   console.error(timings.join("\n"));
 
-  await t.step(
-    "a hibernated guest is refused before any change, exit 1, source unchanged",
-    async () => {
-      const source = await guestImage("phony-hibernated");
-      const before = await sha256(source);
-      const out = `${box.work}/out-hibernated`;
-      await Deno.mkdir(out);
-      const r = await box.run(["-i", "disk", source, "-o", "local", "-os", out], {
-        convert: true,
-        env: { VIRTIO_WIN: tree },
-      });
-      assertEquals(r.code, 1, r.stderr);
-      assertStringIncludes(r.stderr, "was shut down with Fast Startup on, which hibernates it");
-      assertEquals([...Deno.readDirSync(out)], []);
-      assertEquals(await sha256(source), before);
-      await box.assertNothingLeft();
-    },
-  );
-
-  await t.step("a BitLocker system volume is refused clearly, exit 1", async () => {
-    const source = await guestImage("phony-bitlocker");
-    const out = `${box.work}/out-bitlocker`;
+  /** Converts a guest that must be refused: exit 1 with `message`, no output, nothing left. */
+  const refused = async (source: string, name: string, message: string) => {
+    const out = `${box.work}/out-${name}`;
     await Deno.mkdir(out);
     const r = await box.run(["-i", "disk", source, "-o", "local", "-os", out], {
       convert: true,
       env: { VIRTIO_WIN: tree },
     });
     assertEquals(r.code, 1, r.stderr);
-    assertStringIncludes(r.stderr, "encrypted with BitLocker (on /dev/sda1)");
+    assertStringIncludes(r.stderr, message);
     assertEquals([...Deno.readDirSync(out)], []);
     await box.assertNothingLeft();
+  };
+
+  await t.step(
+    "a hibernated guest is refused before any change, exit 1, source unchanged",
+    async () => {
+      const source = await guestImage("phony-hibernated");
+      const before = await sha256(source);
+      await refused(
+        source,
+        "hibernated",
+        "was shut down with Fast Startup on, which hibernates it",
+      );
+      assertEquals(await sha256(source), before);
+    },
+  );
+
+  await t.step("a BitLocker system volume is refused clearly, exit 1", async () => {
+    await refused(
+      await guestImage("phony-bitlocker"),
+      "bitlocker",
+      "encrypted with BitLocker (on /dev/sda1)",
+    );
   });
 });
