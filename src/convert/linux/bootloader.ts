@@ -4,7 +4,11 @@
  *
  * 1. GRUB 2's `grub.cfg` is regenerated with the guest's own tool (`grub-mkconfig`,
  *    `grub2-mkconfig`), so that it lists the kernels the initramfs step rebuilt. The tool runs
- *    in the conversion appliance, where the disks have the source's names.
+ *    in the conversion appliance, whose kernel names the disks in the order it probed them;
+ *    libguestfs names them in the order they were added, which is the source's order. The two
+ *    usually agree, but not always (under TCG the appliance's own disk is now and then `sda`
+ *    and the guest's `sdb`), so a root device the tool wrote by name is put back under
+ *    libguestfs's name.
  * 2. Device names are then rewritten in every file that holds a kernel command line or a disk
  *    name: the new `grub.cfg`, `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec
  *    entries, `/etc/kernel/cmdline`, legacy GRUB's `menu.lst` / `grub.conf`.
@@ -56,6 +60,8 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
       } catch (e) {
         report.problem(`Could not regenerate ${config}: ${errorMessage(e)}`);
       }
+      const probed = await probeRoot(guest, tool);
+      if (probed) await editText(g, config, (text) => renameRoot(text, probed, guest.root));
     } else {
       report.problem(`${config} was not regenerated: the guest has no grub-mkconfig`);
     }
@@ -69,6 +75,52 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
     await remapFile(guest, file);
   }
   await chooseDefaultKernel(guest, kernels);
+}
+
+/**
+ * The root device as the appliance's kernel names it, which is what grub-mkconfig wrote
+ * (`grub-probe --target=device /`, as the tool itself asks).
+ *
+ * @param guest The mounted guest.
+ * @param mkconfig The guest's grub-mkconfig.
+ * @returns The device, or undefined when the guest has no grub-probe or it found no one device.
+ */
+async function probeRoot(guest: LinuxGuest, mkconfig: string): Promise<string | undefined> {
+  const probe = mkconfig.replace(/mkconfig$/, "probe");
+  if (!guest.g.isFile(probe)) return undefined;
+  try {
+    const out = (await guest.g.command([probe.split("/").pop()!, "--target=device", "/"])).trim();
+    return out && !out.includes("\n") ? out : undefined;
+  } catch (e) {
+    guest.debug(`grub-probe: ${errorMessage(e)}`);
+    return undefined;
+  }
+}
+
+const DISK_NAME = /^\/dev\/(?:sd|hd|vd|xvd)[a-z]+\d*$/;
+
+/**
+ * Puts the root device grub-mkconfig wrote under the appliance kernel's name (`root=/dev/sdb1`)
+ * back under libguestfs's name for it (`root=/dev/sda1`). Only disk names change: a root on
+ * LVM or named by UUID is the same everywhere.
+ *
+ * @param text The regenerated grub.cfg.
+ * @param probed The root device as the appliance's kernel names it.
+ * @param root The same device as libguestfs names it.
+ * @returns The text with `root=PROBED` made `root=ROOT`.
+ * @example
+ * ```ts
+ * import { renameRoot } from "./bootloader.ts";
+ * const cfg = "linux /vmlinuz root=/dev/sdb1 ro quiet";
+ * if (renameRoot(cfg, "/dev/sdb1", "/dev/sda1") !== "linux /vmlinuz root=/dev/sda1 ro quiet") {
+ *   throw new Error();
+ * }
+ * ```
+ */
+export function renameRoot(text: string, probed: string, root: string): string {
+  if (probed === root || !DISK_NAME.test(probed) || !DISK_NAME.test(root)) return text;
+  const escaped = probed.replace(/[/]/g, "\\/");
+  return text.replace(new RegExp(`(\\broot=)${escaped}(?![\\w])`, "g"), `$1${root}`);
 }
 
 async function remapFile(guest: LinuxGuest, file: string): Promise<void> {

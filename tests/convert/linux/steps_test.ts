@@ -1,5 +1,6 @@
 import { assertEquals } from "../../_assert.ts";
 import { compareVersions, familyOf } from "../../../src/convert/linux/_guest.ts";
+import { renameRoot } from "../../../src/convert/linux/bootloader.ts";
 import { replaceXDrivers } from "../../../src/convert/linux/leftovers.ts";
 import { dpkgInstalled } from "../../../src/convert/linux/vmware_tools.ts";
 
@@ -38,4 +39,18 @@ Deno.test("replaceXDrivers swaps the VMware display and mouse drivers", () => {
   assertEquals(out.includes('Driver "modesetting"'), true);
   assertEquals(out.includes('Driver "evdev"'), true);
   assertEquals(out.includes('Driver "vmwarefoo"'), true);
+});
+
+Deno.test("renameRoot puts grub-mkconfig's root device back under libguestfs's name", () => {
+  const cfg = "linux /vmlinuz-6.1 root=/dev/sdb1 ro quiet\n" +
+    "linux /vmlinuz-6.1 root=/dev/sdb1\nset root='hd0,msdos1'\n# /dev/sdb10 root=/dev/sdb10\n";
+  assertEquals(
+    renameRoot(cfg, "/dev/sdb1", "/dev/sda1"),
+    "linux /vmlinuz-6.1 root=/dev/sda1 ro quiet\n" +
+      "linux /vmlinuz-6.1 root=/dev/sda1\nset root='hd0,msdos1'\n# /dev/sdb10 root=/dev/sdb10\n",
+  );
+  // Names that do not depend on the probe order stay.
+  const lvm = "linux /vmlinuz root=/dev/mapper/vg-root ro";
+  assertEquals(renameRoot(lvm, "/dev/mapper/vg-root", "/dev/vg/root"), lvm);
+  assertEquals(renameRoot(cfg, "/dev/sdb1", "/dev/sdb1"), cfg);
 });
