@@ -107,6 +107,34 @@ class HttpError extends Error {
   }
 }
 
+/**
+ * A PUT's writes to qemu-nbd, at most one in flight besides the chunk being read: adding a write
+ * first waits for the one before it, whose buffer is about to be filled again.
+ */
+class Writes {
+  #last: Promise<void> | undefined;
+  readonly #nbd: NbdClient;
+
+  constructor(nbd: NbdClient) {
+    this.#nbd = nbd;
+  }
+
+  /** Waits for the write before, then starts this one (not waited for). */
+  async add(offset: number, data: Uint8Array): Promise<void> {
+    await this.settle();
+    const write = this.#nbd.write(offset, data);
+    write.catch(() => {}); // Reported by the next settle().
+    this.#last = write;
+  }
+
+  /** Waits for the write in flight; throws its error. */
+  async settle(): Promise<void> {
+    const last = this.#last;
+    this.#last = undefined;
+    await last;
+  }
+}
+
 /** One client connection and the backend (NBD connection, undo log) it opened. */
 export class DaemonConnection {
   readonly id: number;
@@ -118,6 +146,7 @@ export class DaemonConnection {
   /** Inactivity timeout of the last ticket used, in seconds. */
   idleSec: number;
   readonly #daemon: Imageio;
+  #buffers: [Uint8Array, Uint8Array] | undefined;
 
   constructor(id: number, http: HttpConnection, proxy: boolean, daemon: Imageio, idle: number) {
     this.id = id;
@@ -137,6 +166,11 @@ export class DaemonConnection {
     this.ticket = ticket;
     ticket.connections.add(this);
     return nbd;
+  }
+
+  /** Two body buffers of {@linkcode CHUNK} bytes, made on first use and kept. */
+  buffers(): [Uint8Array, Uint8Array] {
+    return this.#buffers ??= [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
   }
 
   /** Undoes this connection's unflushed writes (they are lost). */
@@ -514,32 +548,45 @@ export class Imageio implements AsyncDisposable {
       );
     }
     await c.undo!.save(nbd, start, length);
-    const buf = new Uint8Array(Math.min(length, CHUNK));
+    // Two buffers: one fills from the socket while the other is written to qemu-nbd, so a
+    // connection keeps reading while its last chunk is being stored (the real daemon's threads
+    // overlap the same way across connections; here all of them share one JS thread).
+    const bufs = c.buffers();
+    const writing = new Writes(nbd);
+    let buf = bufs[0];
     let filled = 0;
     let pos = start;
     let remaining = length;
-    while (remaining > 0) {
-      const n = await c.http.readSome(
-        buf.subarray(filled, Math.min(buf.length, filled + remaining)),
-      );
-      if (n === 0) {
-        if (filled) await nbd.write(pos, buf.subarray(0, filled));
-        return false; // The client went away in the middle of the body.
+    try {
+      while (remaining > 0) {
+        const n = await c.http.readSome(
+          buf.subarray(filled, Math.min(buf.length, filled + remaining)),
+        );
+        if (n === 0) {
+          if (filled) await writing.add(pos, buf.subarray(0, filled));
+          await writing.settle();
+          return false; // The client went away in the middle of the body.
+        }
+        this.counters.putBytes += n;
+        ticket.transferred += n;
+        filled += n;
+        remaining -= n;
+        if (this.#shouldDrop(faults, n)) {
+          await writing.add(pos, buf.subarray(0, filled));
+          await writing.settle();
+          c.http.close();
+          return false;
+        }
+        if (filled === buf.length || remaining === 0) {
+          await writing.add(pos, buf.subarray(0, filled));
+          buf = buf === bufs[0] ? bufs[1] : bufs[0];
+          pos += filled;
+          filled = 0;
+        }
       }
-      this.counters.putBytes += n;
-      ticket.transferred += n;
-      filled += n;
-      remaining -= n;
-      if (this.#shouldDrop(faults, n)) {
-        await nbd.write(pos, buf.subarray(0, filled));
-        c.http.close();
-        return false;
-      }
-      if (filled === buf.length || remaining === 0) {
-        await nbd.write(pos, buf.subarray(0, filled));
-        pos += filled;
-        filled = 0;
-      }
+      await writing.settle();
+    } finally {
+      await writing.settle().catch(() => {});
     }
     state.bodyRead = true;
     if (flushParam === "y") {
