@@ -11,6 +11,9 @@
  * - Flush is per connection, modelled by `_undo.ts`: a connection's writes are lost (undone)
  *   unless that connection flushes them before it fails, closes, or its ticket goes away.
  * - The proxy is a second listener on another port with the same tickets.
+ * - With `unixSocket`, the daemon also listens on a local unix socket in plain HTTP and names it
+ *   in OPTIONS (`unix_socket`, as the real daemon does with `\0/org/ovirt/imageio`), for
+ *   clients on the same host.
  *
  * @module
  */
@@ -26,6 +29,7 @@ export interface DaemonFaults {
   dropConnectionAfterBytes?: number;
   fail500Once?: boolean;
   slowMs?: number;
+  advertiseUnixSocket?: string;
 }
 
 /** What the engine puts in a ticket. */
@@ -66,6 +70,8 @@ export interface DaemonStats {
   zeroBytes: number;
   flushRequests: number;
   connections: number;
+  /** Of those, connections over the local unix socket. */
+  unixConnections: number;
   maxConcurrentConnections: number;
   droppedBytes: number;
   implicitFlushes: number;
@@ -83,6 +89,11 @@ export interface ImageioOptions {
   defaultIdleSec: number;
   /** The faults object, read on every request (tests change it at any time). */
   faults: () => DaemonFaults;
+  /**
+   * Also listen on this unix socket (a path, or an abstract name starting with NUL) and
+   * name it in the daemon's OPTIONS answers.
+   */
+  unixSocket?: string;
 }
 
 const VERSION = "2.5.3";
@@ -224,12 +235,13 @@ export class Imageio implements AsyncDisposable {
     zeroBytes: 0,
     flushRequests: 0,
     connections: 0,
+    unixConnections: 0,
     maxConcurrentConnections: 0,
     droppedBytes: 0,
     implicitFlushes: 0,
   };
   readonly #options: ImageioOptions;
-  readonly #listeners: Deno.TlsListener[];
+  readonly #listeners: Deno.Listener[];
   readonly #tickets = new Map<string, Ticket>();
   readonly #connections = new Set<DaemonConnection>();
   readonly #tasks = new Set<Promise<void>>();
@@ -239,16 +251,21 @@ export class Imageio implements AsyncDisposable {
   #dropSeen = 0;
   #closed = false;
 
-  private constructor(options: ImageioOptions, listeners: Deno.TlsListener[]) {
+  /** The local socket, when the daemon has one. */
+  readonly unixSocket: string | undefined;
+
+  private constructor(options: ImageioOptions, listeners: Deno.Listener[]) {
     this.#options = options;
     this.#listeners = listeners;
     this.dir = options.dir;
     this.daemonPort = (listeners[0]!.addr as Deno.NetAddr).port;
     this.proxyPort = (listeners[1]!.addr as Deno.NetAddr).port;
+    this.unixSocket = options.unixSocket;
   }
 
   /**
-   * Starts the daemon and the proxy on 127.0.0.1, each on a free port.
+   * Starts the daemon and the proxy on 127.0.0.1, each on a free port (and the daemon on its
+   * unix socket, when asked).
    *
    * @param options Certificate, scratch directory, limits, faults.
    * @returns The running daemon; dispose it to stop it.
@@ -257,9 +274,19 @@ export class Imageio implements AsyncDisposable {
     const cert = await Deno.readTextFile(options.certFile);
     const key = await Deno.readTextFile(options.keyFile);
     const listen = () => Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
-    const daemon = new Imageio(options, [listen(), listen()]);
-    daemon.#accept(daemon.#listeners[0]!, false);
-    daemon.#accept(daemon.#listeners[1]!, true);
+    const listeners: Deno.Listener[] = [listen(), listen()];
+    if (options.unixSocket !== undefined) {
+      try {
+        listeners.push(Deno.listen({ transport: "unix", path: options.unixSocket }));
+      } catch (e) {
+        for (const l of listeners) l.close();
+        throw e;
+      }
+    }
+    const daemon = new Imageio(options, listeners);
+    daemon.#accept(listeners[0]!, false);
+    daemon.#accept(listeners[1]!, true);
+    if (listeners[2]) daemon.#accept(listeners[2], false);
     return daemon;
   }
 
@@ -325,6 +352,9 @@ export class Imageio implements AsyncDisposable {
         // Already closed.
       }
     }
+    if (this.unixSocket && !this.unixSocket.startsWith("\0")) {
+      await Deno.remove(this.unixSocket).catch(() => {});
+    }
     for (const c of this.#connections) c.http.close();
     while (this.#tasks.size) await Promise.allSettled([...this.#tasks]);
     for (const id of [...this.#tickets.keys()]) await this.removeTicket(id);
@@ -335,10 +365,10 @@ export class Imageio implements AsyncDisposable {
     p.finally(() => this.#tasks.delete(p));
   }
 
-  #accept(listener: Deno.TlsListener, proxy: boolean): void {
+  #accept(listener: Deno.Listener, proxy: boolean): void {
     this.#track((async () => {
       while (true) {
-        let conn: Deno.TlsConn;
+        let conn: Deno.Conn;
         try {
           conn = await listener.accept();
         } catch {
@@ -353,7 +383,7 @@ export class Imageio implements AsyncDisposable {
     })());
   }
 
-  async #serve(conn: Deno.TlsConn, proxy: boolean): Promise<void> {
+  async #serve(conn: Deno.Conn, proxy: boolean): Promise<void> {
     const http = new HttpConnection(conn);
     const c = new DaemonConnection(
       this.#nextConnection++,
@@ -364,6 +394,7 @@ export class Imageio implements AsyncDisposable {
     );
     this.#connections.add(c);
     this.counters.connections++;
+    if (conn.localAddr.transport === "unix") this.counters.unixConnections++;
     this.#live++;
     this.counters.maxConcurrentConnections = Math.max(
       this.counters.maxConcurrentConnections,
@@ -505,6 +536,12 @@ export class Imageio implements AsyncDisposable {
     await c.http.respond(status, headers, body, contentLength);
   }
 
+  /** The socket named in OPTIONS: the daemon's own, or the one a fault says. */
+  #advertised(c: DaemonConnection): string | undefined {
+    if (c.proxy) return undefined;
+    return this.#options.faults().advertiseUnixSocket ?? this.unixSocket;
+  }
+
   async #imageOptions(c: DaemonConnection, ticket: Ticket): Promise<void> {
     await this.#send(
       c,
@@ -514,6 +551,7 @@ export class Imageio implements AsyncDisposable {
         features: ticket.writable ? FEATURES_RW : FEATURES_RO,
         max_readers: 8,
         max_writers: this.#options.maxWriters,
+        ...(this.#advertised(c) !== undefined ? { unix_socket: this.#advertised(c) } : {}),
       }),
     );
   }
