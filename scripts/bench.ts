@@ -2,7 +2,7 @@
  * Benchmarks vmshift's copy against qemu-img convert and nbdcopy, and measures its memory.
  *
  *     deno task bench [--data 4G] [--size 16G] [--runs 3] [--quick] [--only TOOL]...
- *         [--no-memory] [--no-warmup] [--no-verify]
+ *         [--no-memory] [--no-warmup] [--no-verify] [--steady-memory]
  *
  * 1. Builds (once, cached in `.cache/bench/` by a hash of the image generator and its
  *    parameters) a qcow2 source holding `--data` of pseudo-random data in a `--size` disk.
@@ -574,12 +574,15 @@ async function version(argv: string[]): Promise<string> {
 
 const USAGE = `Usage: deno task bench [--data 4G] [--size 16G] [--runs 3] [--quick]
     [--only vmshift|qemu-img|nbdcopy]... [--no-memory] [--no-warmup] [--no-verify] [--dir DIR]
+    [--steady-memory]
   --dir DIR    where outputs go (default /dev/shm when it has room, else .cache/bench); on a
                disk every run is timed up to the end of a sync
 
   --quick      a small image (256 MiB of data in 2 GiB), one run, no warm-up: a smoke test
   --only T     run only these tools (repeat, or comma-separated)
-  --no-memory  skip the memory benchmark (100 GiB disk, 2 GiB of data)`;
+  --no-memory  skip the memory benchmark (100 GiB disk, 2 GiB of data)
+  --steady-memory  turn the hypervisor's free page reporting off while the benchmark runs
+               (root; restored at the end): without, tmpfs writes swing 2-4x between runs`;
 
 async function main(args: string[]): Promise<number> {
   let values;
@@ -595,6 +598,7 @@ async function main(args: string[]): Promise<number> {
         "no-memory": { type: "boolean", default: false },
         "no-warmup": { type: "boolean", default: false },
         "no-verify": { type: "boolean", default: false },
+        "steady-memory": { type: "boolean", default: false },
         dir: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -647,6 +651,7 @@ async function main(args: string[]): Promise<number> {
     onDisk = false;
   }
   log(`outputs in "${outBase}" (${onDisk ? "on disk: each run ends with sync" : "tmpfs"})`);
+  const reporting = await freePageReporting(values["steady-memory"], log);
   const results = await throughput(src, virtualSize, dataBytes, tools, {
     runs,
     warmup: !quick && !values["no-warmup"],
@@ -660,7 +665,8 @@ async function main(args: string[]): Promise<number> {
       "every run starts with a synced page cache holding the source; vmshift is timed " +
       "as a whole command (Deno start-up included); qemu-img convert runs with and without -W " +
       "(out-of-order writes, not the default); nbdcopy writes qcow2 through qemu-nbd into an " +
-      "image made with qemu-img create, which is counted.",
+      "image made with qemu-img create, which is counted" +
+      (reporting ? `; ${reporting}.` : "."),
   );
 
   let mem: MemoryResult[] = [];
@@ -682,6 +688,7 @@ async function main(args: string[]): Promise<number> {
       only: tools.map((t) => t.name),
       outputs: outBase,
       onDisk,
+      freePageReporting: reporting ?? "none",
     },
     host: {
       cpus: navigator.hardwareConcurrency,
@@ -699,12 +706,63 @@ async function main(args: string[]): Promise<number> {
 }
 
 export async function cleanUp(): Promise<void> {
+  await restoreFreedMemory();
   if (groups.size) {
     for (const pgid of groups) killGroup(pgid, "SIGTERM");
     await new Promise((r) => setTimeout(r, 1000));
     for (const pgid of groups) killGroup(pgid, "SIGKILL");
   }
   for (const path of scratch) await Deno.remove(path, { recursive: true }).catch(() => {});
+}
+
+// --- the hypervisor's free page reporting ----------------------------------------------------
+
+const PAGE_REPORTING = "/sys/module/page_reporting/parameters/page_reporting_order";
+/** Larger than the largest buddy order (10 on x86-64): no free block is ever reported. */
+const NO_REPORTING = "11";
+let reportingOrder: string | undefined;
+
+/**
+ * Free page reporting (virtio-balloon) hands memory the guest frees back to the hypervisor,
+ * and the next write to it faults it in again from the host: on this kind of machine, writing
+ * 4 GiB into tmpfs took 1.4 s right after an earlier output was deleted and 6-7 s five seconds
+ * later. Every tool writes its output into memory freed by the run before, so times swing 2-4x
+ * by chance. With `steady`, reporting is turned off for the benchmark (and restored by
+ * {@linkcode cleanUp}); without, a warning says the figures will be noisy.
+ *
+ * @param steady Turn reporting off until the benchmark ends.
+ * @param log Where the warning goes.
+ * @returns A note for the results, or undefined when the machine does no reporting.
+ */
+export async function freePageReporting(
+  steady: boolean,
+  log: (message: string) => void,
+): Promise<string | undefined> {
+  const order = await Deno.readTextFile(PAGE_REPORTING).then((t) => t.trim()).catch(() => "");
+  if (!order || order === NO_REPORTING) return undefined;
+  if (!steady) {
+    log(
+      "warning: free page reporting is on (freed memory goes back to the hypervisor and " +
+        "costs a host fault to use again): times will swing between runs; --steady-memory " +
+        "turns it off for the benchmark",
+    );
+    return "free page reporting on (noisy)";
+  }
+  try {
+    await Deno.writeTextFile(PAGE_REPORTING, NO_REPORTING);
+  } catch (e) {
+    log(`warning: cannot turn free page reporting off (${(e as Error).message}): needs root`);
+    return "free page reporting on (noisy)";
+  }
+  reportingOrder = order;
+  log(`free page reporting turned off for the benchmark (${PAGE_REPORTING} ${order} -> 11)`);
+  return "free page reporting off during the benchmark (--steady-memory)";
+}
+
+async function restoreFreedMemory(): Promise<void> {
+  if (reportingOrder === undefined) return;
+  await Deno.writeTextFile(PAGE_REPORTING, reportingOrder).catch(() => {});
+  reportingOrder = undefined;
 }
 
 /**

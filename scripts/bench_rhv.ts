@@ -3,7 +3,7 @@
  * machine, next to a naive single-connection uploader and nbdcopy, and measures its memory.
  *
  *     deno task bench:rhv [--data 2G] [--size 8G] [--runs 3] [--quick]
- *         [--no-memory] [--no-warmup] [--no-verify] [--dir DIR]
+ *         [--no-memory] [--no-warmup] [--no-verify] [--dir DIR] [--steady-memory]
  *
  * 1. Source: the cached qcow2 of scripts/bench.ts (`.cache/bench/`, `--data` of pseudo-random
  *    data in a `--size` disk, plus zero regions and holes).
@@ -22,6 +22,9 @@
  *      extents skipped, data sent as it is, zero bytes included) over ONE keep-alive connection
  *      (Http1Connection) with `flush=n`, flushes once, finalizes. Its upload phase runs from the
  *      open connection to the end of the flush.
+ *    - vmshift-local, 1-conn-local: the same, with the imageio daemon also serving its local
+ *      unix socket (`unix_socket` in OPTIONS), which both use instead of HTTPS, as a client on
+ *      the daemon's own host does (virt-v2v on an oVirt host): no TLS.
  *    - nbdcopy: `qemu-img create -f raw DST SIZE` then `nbdcopy -- [ qemu-nbd -r -f qcow2 SRC ]
  *      [ qemu-nbd -f raw DST ]`: the same image into a qemu-nbd target, no HTTP. Its whole run is
  *      also its upload phase.
@@ -46,6 +49,7 @@ import { parseArgs } from "node:util";
 import {
   cleanUp,
   freeBytes,
+  freePageReporting,
   hasTime,
   measureMemory,
   median,
@@ -72,8 +76,19 @@ const GiB = 1024 * MiB;
 /** The baseline's request size, vmshift's default too. */
 const REQUEST = 4 * MiB;
 
-type ToolName = "vmshift" | "1-conn" | "nbdcopy";
-const TOOLS: readonly ToolName[] = ["vmshift", "1-conn", "nbdcopy"];
+type ToolName = "vmshift" | "1-conn" | "vmshift-local" | "1-conn-local" | "nbdcopy";
+const TOOLS: readonly ToolName[] = [
+  "vmshift",
+  "1-conn",
+  "vmshift-local",
+  "1-conn-local",
+  "nbdcopy",
+];
+
+/** The tools that upload over imageio's local socket (servers with `unixSocket`). */
+function isLocal(tool: ToolName): boolean {
+  return tool.endsWith("-local");
+}
 
 function log(message: string): void {
   console.error(`bench:rhv: ${message}`);
@@ -149,8 +164,12 @@ async function cleanUpAll(): Promise<void> {
   dirs.clear();
 }
 
-async function withServers<T>(base: string, fn: (ovirt: Ovirt) => Promise<T>): Promise<T> {
-  servers = await startOvirt({ dir: base });
+async function withServers<T>(
+  base: string,
+  local: boolean,
+  fn: (ovirt: Ovirt) => Promise<T>,
+): Promise<T> {
+  servers = await startOvirt({ dir: base, unixSocket: local });
   try {
     return await fn(servers);
   } finally {
@@ -318,7 +337,7 @@ async function compare(src: string, output: string, label: string): Promise<void
 }
 
 function shouldVerify(ctx: Context, tool: ToolName): boolean {
-  return ctx.verify && (tool === "vmshift" || (ctx.verified.get(tool) ?? 0) === 0);
+  return ctx.verify && (tool.startsWith("vmshift") || (ctx.verified.get(tool) ?? 0) === 0);
 }
 
 async function verifyDisk(ctx: Context, ovirt: Ovirt, tool: ToolName, label: string) {
@@ -434,10 +453,10 @@ async function runTool(ctx: Context, tool: ToolName, round: number): Promise<Run
       dirs.delete(dir);
     }
   } else {
-    run = await withServers(ctx.base, async (ovirt) => {
+    run = await withServers(ctx.base, isLocal(tool), async (ovirt) => {
       let m: Measured;
       let upload: number;
-      if (tool === "vmshift") {
+      if (tool.startsWith("vmshift")) {
         m = await measure([vmshiftArgv(ctx.src, ovirt, name, "--machine-readable")]);
         upload = uploadPhase(m.output);
       } else {
@@ -451,6 +470,7 @@ async function runTool(ctx: Context, tool: ToolName, round: number): Promise<Run
             src: ctx.src,
             name,
             work,
+            local: isLocal(tool),
           };
           m = await measure([[
             Deno.execPath(),
@@ -507,6 +527,8 @@ interface BaselineParams {
   name: string;
   /** Where the source's qemu-nbd socket goes. */
   work: string;
+  /** Upload over the daemon's local socket (named in OPTIONS), not HTTPS. */
+  local: boolean;
 }
 
 interface BaselineResult {
@@ -565,9 +587,14 @@ async function baselineUpload(p: BaselineParams): Promise<BaselineResult> {
     return undefined;
   });
   const url = new URL(transfer.transferUrl!);
-  using http = new Http1Connection(url, { caCerts });
-  const options = await http.request({ method: "OPTIONS", path: url.pathname });
+  using tls = new Http1Connection(url, { caCerts });
+  const options = await tls.request({ method: "OPTIONS", path: url.pathname });
   if (options.status !== 200) throw new Error(`OPTIONS: ${options.status}`);
+  const socket = (JSON.parse(new TextDecoder().decode(options.body)) as { unix_socket?: string })
+    .unix_socket;
+  if (p.local && !socket) throw new Error("The daemon has no local socket");
+  using local = p.local ? new Http1Connection(url, { unixSocket: socket! }) : undefined;
+  const http = local ?? tls;
 
   const t0 = performance.now();
   const buffer = new Uint8Array(REQUEST);
@@ -716,11 +743,10 @@ interface Ratio {
 
 function ratios(sums: ToolSummary[]): Ratio[] {
   const get = (t: ToolName) => sums.find((s) => s.tool === t);
-  const ours = get("vmshift");
-  if (!ours) return [];
   const out: Ratio[] = [];
   const add = (name: string, peer: ToolSummary | undefined, target: number) => {
-    if (!peer) return;
+    const ours = get(name.split(" ")[0] as ToolName);
+    if (!peer || !ours) return;
     const upload = peer.upload.median / ours.upload.median;
     out.push({
       name,
@@ -731,7 +757,9 @@ function ratios(sums: ToolSummary[]): Ratio[] {
     });
   };
   add("vmshift / 1-conn baseline", get("1-conn"), 1.5);
+  add("vmshift-local / 1-conn-local baseline", get("1-conn-local"), 1.5);
   add("vmshift / nbdcopy", get("nbdcopy"), 0.8);
+  add("vmshift-local / nbdcopy", get("nbdcopy"), 0.8);
   return out;
 }
 
@@ -766,7 +794,7 @@ function printResults(sums: ToolSummary[], dataBytes: number, virtualSize: numbe
     "PUTs",
     "zero reqs",
     "flushes",
-    "TLS conns",
+    "conns",
     "max open",
     "tool CPU s",
     "servers CPU s (deno)",
@@ -778,7 +806,7 @@ function printResults(sums: ToolSummary[], dataBytes: number, virtualSize: numbe
   for (const s of sums) {
     wire.push([
       s.tool,
-      s.tool === "nbdcopy" ? "NBD (unix)" : "HTTPS",
+      s.tool === "nbdcopy" ? "NBD (unix)" : isLocal(s.tool) ? "HTTP (unix)" : "HTTPS",
       fmt(s.wireBytes === undefined ? undefined : s.wireBytes / MiB, 1),
       fmt(s.putRequests),
       fmt(s.zeroRequests),
@@ -833,7 +861,7 @@ async function memoryRun(
 ): Promise<MemoryRun> {
   const src = await sourceImage(virtualSize, dataBytes);
   await waitQuiet();
-  return await withServers(base, async (ovirt) => {
+  return await withServers(base, false, async (ovirt) => {
     await sync();
     const result = await measureMemory(
       "-o rhv",
@@ -853,11 +881,13 @@ async function memoryRun(
 // --- main ------------------------------------------------------------------------------------
 
 const USAGE = `Usage: deno task bench:rhv [--data 2G] [--size 8G] [--runs 3] [--quick]
-    [--no-memory] [--no-warmup] [--no-verify] [--dir DIR]
+    [--no-memory] [--no-warmup] [--no-verify] [--dir DIR] [--steady-memory]
   --quick      256 MiB of data in 2 GiB, one run, no warm-up, memory on 128 MiB in 8 GiB
   --dir DIR    where the servers' disks and nbdcopy's output go (default /dev/shm when it has
                room, else .cache/bench)
-  --no-memory  skip the memory run (100 GiB disk holding 2 GiB of data)`;
+  --no-memory  skip the memory run (100 GiB disk holding 2 GiB of data)
+  --steady-memory  turn the hypervisor's free page reporting off while the benchmark runs
+               (root; restored at the end): without, tmpfs writes swing 2-4x between runs`;
 
 async function main(args: string[]): Promise<number> {
   let values;
@@ -872,6 +902,7 @@ async function main(args: string[]): Promise<number> {
         "no-memory": { type: "boolean", default: false },
         "no-warmup": { type: "boolean", default: false },
         "no-verify": { type: "boolean", default: false },
+        "steady-memory": { type: "boolean", default: false },
         dir: { type: "string" },
         "baseline-child": { type: "string" },
         help: { type: "boolean", short: "h", default: false },
@@ -914,6 +945,7 @@ async function main(args: string[]): Promise<number> {
     base = "/dev/shm";
   }
   log(`servers' disks and outputs in "${base}"`);
+  const reporting = await freePageReporting(values["steady-memory"], log);
   const ctx: Context = {
     src,
     virtualSize,
@@ -942,19 +974,30 @@ async function main(args: string[]): Promise<number> {
     "\nNotes: each HTTP run has fresh test servers (engine and imageio) running in this " +
       "process, a single JS thread, with the disk served by qemu-nbd; whole runs include Deno " +
       "start-up, login, disk and transfer creation (200 ms engine delays), finalize, and for " +
-      "vmshift the overlay and the VM; upload = first to last progress event (vmshift), open " +
+      "vmshift the overlay and the VM; -local: the daemon also serves its local unix socket " +
+      "(named in OPTIONS, plain HTTP) and the tool uploads over it, as on the daemon's own " +
+      "host; upload = first to last progress event (vmshift), open " +
       "connection to flushed (1-conn); nbdcopy's upload is its whole run (qemu-img create " +
       "included); wire MiB: PUT bodies, for nbdcopy the bytes allocated in its output; " +
       "tool CPU: user+sys of the tool's process tree; servers CPU: this process (in brackets: engine, imageio and " +
       "TLS, one JS thread) and the target qemu-nbd; others CPU: the rest of the machine meanwhile (noise from other " +
       `work; a run where it exceeds ${NOISE * 100}% of the CPUs is redone, up to ${REDO} ` +
       `times: redone counts those, noisy the runs still disturbed); ` +
-      `${navigator.hardwareConcurrency} CPUs.`,
+      `${navigator.hardwareConcurrency} CPUs` + (reporting ? `; ${reporting}.` : "."),
   );
 
   const report = {
     date: new Date().toISOString(),
-    parameters: { dataBytes, virtualSize, runs, quick, warmup, outputs: base, source: src },
+    parameters: {
+      dataBytes,
+      virtualSize,
+      runs,
+      quick,
+      warmup,
+      outputs: base,
+      source: src,
+      freePageReporting: reporting ?? "none",
+    },
     host: {
       cpus: navigator.hardwareConcurrency,
       deno: Deno.version.deno,

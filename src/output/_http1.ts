@@ -1,5 +1,6 @@
 /**
- * A small HTTP/1.1 client over one TLS connection, for the imageio uploader.
+ * A small HTTP/1.1 client over one TLS connection (or the imageio daemon's local unix socket),
+ * for the imageio uploader.
  *
  * `fetch` pools connections behind the caller's back: it cannot pin a request to a connection,
  * and imageio's flush is per connection (a flush makes durable what was written on the same
@@ -14,7 +15,8 @@
  *   {@linkcode ConnectionLostError}: whether to resend is the caller's decision, because only
  *   the caller knows what the server may have lost with it;
  * - the server's certificate is always verified, against `caCerts` when given (else the
- *   system's roots).
+ *   system's roots); over a unix socket (`unixSocket`, a path or a Linux abstract name starting
+ *   with NUL) there is no TLS: only a process on the same host can connect.
  *
  * @module
  */
@@ -71,6 +73,11 @@ export interface Http1Options {
    * @default 30000
    */
   connectTimeout?: number;
+  /**
+   * Connect to this unix socket instead, in plain HTTP: a path, or an abstract name that starts
+   * with `\0` (imageio's is `\0/org/ovirt/imageio`). The URL still names the server in messages.
+   */
+  unixSocket?: string;
 }
 
 /**
@@ -90,7 +97,7 @@ export class Http1Connection implements Disposable {
   readonly #port: number;
   readonly #hostHeader: string;
   readonly #options: Http1Options;
-  #conn: Deno.TlsConn | undefined;
+  #conn: Deno.Conn | undefined;
   #buf = new Uint8Array(16 * 1024);
   #start = 0;
   #end = 0;
@@ -113,9 +120,9 @@ export class Http1Connection implements Disposable {
     this.#options = options;
   }
 
-  /** `https://HOST:PORT`, for messages. */
+  /** `https://HOST:PORT`, for messages (with ` (local socket)` over a unix socket). */
   get origin(): string {
-    return `https://${this.#hostHeader}`;
+    return `https://${this.#hostHeader}${this.#options.unixSocket ? " (local socket)" : ""}`;
   }
 
   /** How many times a connection was opened (1 when keep-alive held throughout). */
@@ -138,19 +145,25 @@ export class Http1Connection implements Disposable {
     if (this.#conn) return;
     const timeout = AbortSignal.timeout(this.#options.connectTimeout ?? 30_000);
     const abort = signal ? AbortSignal.any([signal, timeout]) : timeout;
-    let conn: Deno.TlsConn | undefined;
+    let conn: Deno.Conn | undefined;
     const onAbort = () => conn?.close();
     abort.addEventListener("abort", onAbort, { once: true });
     try {
       abort.throwIfAborted();
-      conn = await Deno.connectTls({
-        hostname: this.#hostname,
-        port: this.#port,
-        ...(this.#options.caCerts ? { caCerts: this.#options.caCerts } : {}),
-      });
-      // The handshake verifies the certificate: do it now, so that an untrusted server fails
-      // here with a clear message, not as a lost connection in the middle of a request.
-      await conn.handshake();
+      const unix = this.#options.unixSocket;
+      if (unix !== undefined) {
+        conn = await Deno.connect({ transport: "unix", path: unix });
+      } else {
+        const tls = await Deno.connectTls({
+          hostname: this.#hostname,
+          port: this.#port,
+          ...(this.#options.caCerts ? { caCerts: this.#options.caCerts } : {}),
+        });
+        conn = tls;
+        // The handshake verifies the certificate: do it now, so that an untrusted server fails
+        // here with a clear message, not as a lost connection in the middle of a request.
+        await tls.handshake();
+      }
       abort.throwIfAborted();
     } catch (e) {
       try {
@@ -207,7 +220,7 @@ export class Http1Connection implements Disposable {
     }
   }
 
-  async #send(conn: Deno.TlsConn, req: Http1Request): Promise<void> {
+  async #send(conn: Deno.Conn, req: Http1Request): Promise<void> {
     let head = `${req.method} ${req.path} HTTP/1.1${CRLF}Host: ${this.#hostHeader}${CRLF}`;
     for (const [k, v] of Object.entries(req.headers ?? {})) {
       if (/[\r\n]/.test(k) || /[\r\n]/.test(v)) throw new TypeError(`Bad header "${k}"`);
@@ -231,7 +244,7 @@ export class Http1Connection implements Disposable {
     }
   }
 
-  async #readResponse(conn: Deno.TlsConn, method: string): Promise<Http1Response> {
+  async #readResponse(conn: Deno.Conn, method: string): Promise<Http1Response> {
     while (true) {
       const headText = await this.#readHead(conn);
       const lines = headText.split(CRLF);
@@ -273,7 +286,7 @@ export class Http1Connection implements Disposable {
   }
 
   /** Reads more bytes into the buffer; false at the end of the stream. */
-  async #fill(conn: Deno.TlsConn): Promise<boolean> {
+  async #fill(conn: Deno.Conn): Promise<boolean> {
     if (this.#start > 0 && this.#start === this.#end) this.#start = this.#end = 0;
     if (this.#end === this.#buf.length) {
       if (this.#start > 0) {
@@ -292,7 +305,7 @@ export class Http1Connection implements Disposable {
     return true;
   }
 
-  async #readHead(conn: Deno.TlsConn): Promise<string> {
+  async #readHead(conn: Deno.Conn): Promise<string> {
     // Bytes after #start already scanned (relative: #fill may move the data to the front).
     let scanned = 0;
     while (true) {
@@ -316,7 +329,7 @@ export class Http1Connection implements Disposable {
     }
   }
 
-  async #readExactly(conn: Deno.TlsConn, n: number): Promise<Uint8Array> {
+  async #readExactly(conn: Deno.Conn, n: number): Promise<Uint8Array> {
     const out = new Uint8Array(n);
     let got = 0;
     while (got < n) {
@@ -331,7 +344,7 @@ export class Http1Connection implements Disposable {
     return out;
   }
 
-  async #readLine(conn: Deno.TlsConn): Promise<string> {
+  async #readLine(conn: Deno.Conn): Promise<string> {
     while (true) {
       const view = this.#buf.subarray(this.#start, this.#end);
       const nl = view.indexOf(10);
@@ -347,7 +360,7 @@ export class Http1Connection implements Disposable {
     }
   }
 
-  async #readChunked(conn: Deno.TlsConn): Promise<Uint8Array> {
+  async #readChunked(conn: Deno.Conn): Promise<Uint8Array> {
     const parts: Uint8Array[] = [];
     while (true) {
       const sizeLine = await this.#readLine(conn);
@@ -368,7 +381,7 @@ export class Http1Connection implements Disposable {
     return concat(parts);
   }
 
-  async #readToEnd(conn: Deno.TlsConn): Promise<Uint8Array> {
+  async #readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
     while (await this.#fill(conn));
     const out = this.#buf.slice(this.#start, this.#end);
     this.#start = this.#end;
@@ -398,7 +411,7 @@ export class Http1Connection implements Disposable {
 
 class ProtocolError extends Error {}
 
-async function writeAll(conn: Deno.TlsConn, bytes: Uint8Array): Promise<void> {
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.length) {
     done += await conn.write(done ? bytes.subarray(done) : bytes);

@@ -6,6 +6,12 @@
  *   server answers 405 or 204: then data is all it gets, and every PUT flushes).
  * - `min(max_writers, 4)` connections; each {@linkcode TargetWriter} owns one keep-alive HTTPS
  *   connection ({@linkcode Http1Connection}), because imageio's flush is per connection.
+ * - When `OPTIONS` names the daemon's `unix_socket` and the daemon turns out to be on this host
+ *   (the socket answers `OPTIONS` for the same ticket: tickets are secret, so only the daemon
+ *   holding the transfer knows it), the data goes over that socket in plain HTTP, as virt-v2v
+ *   does on an oVirt host: the same requests without TLS, which on a shared host costs as much
+ *   CPU as the rest of the upload. Anything else (no socket, another host's daemon, an error)
+ *   keeps HTTPS.
  * - Data: `PUT /images/TICKET?flush=n` with `Content-Range: bytes START-END/*` and
  *   `Content-Length`. Zeroes: `PATCH {"op":"zero",...,"flush":false}`, never bytes. At the end
  *   the copy engine flushes every connection: `PATCH {"op":"flush"}`.
@@ -26,7 +32,12 @@
  */
 
 import type { CopyTarget, SourceReader, TargetWriter } from "../copy.ts";
-import { ConnectionLostError, Http1Connection, type Http1Response } from "./_http1.ts";
+import {
+  ConnectionLostError,
+  Http1Connection,
+  type Http1Options,
+  type Http1Response,
+} from "./_http1.ts";
 
 const MiB = 1024 * 1024;
 const encoder = new TextEncoder();
@@ -74,6 +85,11 @@ export interface ImageioOptions {
    * @default 8 MiB
    */
   maxRequestSize?: number;
+  /**
+   * Use the daemon's local socket when it is on this host.
+   * @default true
+   */
+  localSocket?: boolean;
   /** Aborts the setup and every request. */
   signal?: AbortSignal;
   /** Debug messages. */
@@ -90,6 +106,8 @@ export interface ImageioFeatures {
   extents: boolean;
   /** Writers the server accepts at once. */
   maxWriters: number;
+  /** The daemon's local socket (`unix_socket`), when it offers one. */
+  unixSocket?: string;
 }
 
 /** An HTTP answer that is an error. */
@@ -129,7 +147,8 @@ export class ImageioError extends Error {
  */
 export async function openImageio(url: string, options: ImageioOptions): Promise<ImageioTarget> {
   const parsed = new URL(url);
-  const http = new Http1Connection(parsed, options.caCerts ? { caCerts: options.caCerts } : {});
+  const tls: Http1Options = options.caCerts ? { caCerts: options.caCerts } : {};
+  let http = new Http1Connection(parsed, tls);
   try {
     const ticket = new Ticket(parsed);
     const res = await http.request({
@@ -142,7 +161,7 @@ export async function openImageio(url: string, options: ImageioOptions): Promise
       // A very old server: no zero, no flush, no extents may be assumed.
       features = { zero: false, flush: false, extents: false, maxWriters: 1 };
     } else if (res.status === 200) {
-      let body: { features?: unknown; max_writers?: unknown };
+      let body: { features?: unknown; max_writers?: unknown; unix_socket?: unknown };
       try {
         body = JSON.parse(decoder.decode(res.body));
       } catch {
@@ -155,6 +174,9 @@ export async function openImageio(url: string, options: ImageioOptions): Promise
         flush: list.includes("flush"),
         extents: list.includes("extents"),
         maxWriters: Number.isSafeInteger(maxWriters) && maxWriters > 0 ? maxWriters : 1,
+        ...(typeof body.unix_socket === "string" && body.unix_socket.length > 1
+          ? { unixSocket: body.unix_socket }
+          : {}),
       };
     } else {
       throw ticket.error(res, "OPTIONS", http.origin);
@@ -163,13 +185,61 @@ export async function openImageio(url: string, options: ImageioOptions): Promise
       `imageio ${http.origin} (${options.name}): features ${
         Object.entries(features).filter(([, v]) => v === true).map(([k]) => k).join(",") ||
         "none"
-      }, max_writers ${features.maxWriters}`,
+      }, max_writers ${features.maxWriters}` +
+        (features.unixSocket ? `, unix_socket ${JSON.stringify(features.unixSocket)}` : ""),
     );
-    return new ImageioTarget(ticket, http, features, options);
+    let connection = tls;
+    if (features.unixSocket && options.localSocket !== false) {
+      const local = await localDaemon(parsed, ticket, features.unixSocket, options);
+      if (local) {
+        http.close();
+        http = local;
+        connection = { unixSocket: features.unixSocket };
+      }
+    }
+    return new ImageioTarget(ticket, http, parsed, connection, features, options);
   } catch (e) {
     http.close();
     throw e;
   }
+}
+
+/**
+ * The daemon's local socket, when it is the daemon that holds this transfer: it must answer
+ * OPTIONS for the ticket with 200. Any failure means "not here" and HTTPS is kept.
+ */
+async function localDaemon(
+  url: URL,
+  ticket: Ticket,
+  socket: string,
+  options: ImageioOptions,
+): Promise<Http1Connection | undefined> {
+  const http = new Http1Connection(url, { unixSocket: socket, connectTimeout: 5000 });
+  let why: string;
+  try {
+    const res = await http.request({
+      method: "OPTIONS",
+      path: ticket.path,
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    if (res.status === 200) {
+      options.debug?.(
+        `imageio ${url.origin} (${options.name}): the daemon is on this host: uploading ` +
+          `through its local socket (no TLS)`,
+      );
+      return http;
+    }
+    why = `it answered ${res.status} for this transfer`;
+  } catch (e) {
+    if (options.signal?.aborted) {
+      http.close();
+      throw options.signal.reason;
+    }
+    why = ticket.redact(e instanceof Error ? e.message : String(e));
+  }
+  http.close();
+  options.debug?.(`imageio ${url.origin} (${options.name}): local socket not used (${why})`);
+  return undefined;
 }
 
 /** The ticket in a transfer URL, kept out of messages. */
@@ -219,8 +289,10 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
   readonly zeroGranule: number = MiB;
   /** What the server offers. */
   readonly features: ImageioFeatures;
-  /** The server, `https://HOST:PORT`. */
+  /** The server, `https://HOST:PORT` (with ` (local socket)` when it goes over one). */
   readonly origin: string;
+  readonly #url: URL;
+  readonly #connection: Http1Options;
   readonly #ticket: Ticket;
   readonly #options: ImageioOptions;
   #spare: Http1Connection | undefined;
@@ -233,11 +305,15 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
   constructor(
     ticket: Ticket,
     spare: Http1Connection,
+    url: URL,
+    connection: Http1Options,
     features: ImageioFeatures,
     options: ImageioOptions,
   ) {
     this.name = `${options.name} (imageio at ${spare.origin})`;
     this.origin = spare.origin;
+    this.#url = url;
+    this.#connection = connection;
     this.readsZeroes = options.readsZeroes;
     this.features = features;
     this.maxConnections = Math.max(1, Math.min(features.maxWriters, options.maxConnections ?? 4));
@@ -266,10 +342,7 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
     let http = this.#spare;
     this.#spare = undefined;
     if (!http) {
-      http = new Http1Connection(
-        new URL(this.origin),
-        this.#options.caCerts ? { caCerts: this.#options.caCerts } : {},
-      );
+      http = this.#newConnection();
       try {
         await http.connect(signal);
       } catch (e) {
@@ -286,6 +359,11 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
     return writer;
   }
 
+  /** A connection to the server the way OPTIONS settled: HTTPS, or the local socket. */
+  #newConnection(): Http1Connection {
+    return new Http1Connection(this.#url, this.#connection);
+  }
+
   /** Keeps idle connections, and the ticket itself, from timing out. */
   #keepAlive(): void {
     const limit = this.#idleLimit();
@@ -294,10 +372,7 @@ export class ImageioTarget implements CopyTarget, AsyncDisposable {
     if (Date.now() - this.#lastUse < limit) return;
     // No writer: touch the ticket on a connection of our own.
     this.#keepingAlive = true;
-    const http = this.#spare ??= new Http1Connection(
-      new URL(this.origin),
-      this.#options.caCerts ? { caCerts: this.#options.caCerts } : {},
-    );
+    const http = this.#spare ??= this.#newConnection();
     const req = this.features.flush
       ? jsonRequest("PATCH", this.#ticket.path, { op: "flush" })
       : { method: "OPTIONS", path: this.#ticket.path };

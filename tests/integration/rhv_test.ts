@@ -114,6 +114,19 @@ Deno.test("-o rhv uploads a raw disk: identical, zeroes cost no bytes, VM create
   await w.sb.assertNothingLeft();
 });
 
+Deno.test("-o rhv on the imageio daemon's host uploads over its local socket", async () => {
+  await using w = await world({ unixSocket: true });
+  const r = await w.sb.run(w.args("-v"));
+  assertEquals(r.code, 0, r.stderr);
+  await assertUploaded(w, "raw");
+  const stats = w.ovirt.stats();
+  // OPTIONS over HTTPS; then the 4 data connections over the socket.
+  assertEquals([stats.connections - stats.unixConnections, stats.unixConnections], [1, 4]);
+  assert(stats.putBytes <= w.image.dataBytes + SLACK, `${stats.putBytes} bytes PUT`);
+  assertStringIncludes(r.stderr + r.stdout, "through its local socket");
+  await w.sb.assertNothingLeft();
+});
+
 Deno.test("-o rhv -of qcow2 uploads a cow disk that holds the same guest", async () => {
   await using w = await world();
   const r = await w.sb.run(w.args("-of", "qcow2", "-on", "guest-cow"));

@@ -171,6 +171,60 @@ Deno.test("data goes as PUT, zeroes as PATCH zero, one flush per connection", as
   assertImage(await finish(s), source);
 });
 
+Deno.test("a daemon on this host: the data goes over its local socket, without TLS", async () => {
+  await using s = await setup(16 * MiB, { unixSocket: true });
+  const messages: string[] = [];
+  await using target = await openImageio(s.transferUrl, {
+    name: "disk 1",
+    caCerts: s.caCerts,
+    readsZeroes: false,
+    retryDelay: 10,
+    debug: (m) => messages.push(m),
+  });
+  assertEquals(target.features.unixSocket, s.ovirt.unixSocket);
+  assertStringIncludes(target.origin, "(local socket)");
+  assert(messages.some((m) => m.includes("through its local socket")), messages.join("\n"));
+  const source = new Source(16 * MiB);
+  const signal = new AbortController().signal;
+  const writers = [await target.connect(signal, source), await target.connect(signal, source)];
+  // A connection lost over the socket comes back over the socket.
+  s.ovirt.faults.dropConnectionAfterBytes = 5 * MiB;
+  await upload(writers, source);
+  for (const w of writers) await w[Symbol.asyncDispose]();
+  const stats = s.ovirt.stats();
+  assert(stats.droppedBytes > 0, "the fault fired");
+  // OPTIONS over HTTPS, then every data connection over the socket: the probe (reused by the
+  // first writer), the second writer, and the reconnection after the drop.
+  assertEquals([stats.connections, stats.unixConnections], [4, 3]);
+  assertImage(await finish(s), source);
+});
+
+Deno.test("a local socket that is not this transfer's daemon is left for HTTPS", async () => {
+  await using other = await setup(MiB, { unixSocket: true });
+  for (const socket of [other.ovirt.unixSocket!, "\0/vmshift-test-imageio/nobody-listens"]) {
+    await using s = await setup(16 * MiB);
+    // Another daemon on this host (it answers 403 for the ticket), or a socket nobody serves.
+    s.ovirt.faults.advertiseUnixSocket = socket;
+    const messages: string[] = [];
+    await using target = await openImageio(s.transferUrl, {
+      name: "disk 1",
+      caCerts: s.caCerts,
+      readsZeroes: false,
+      debug: (m) => messages.push(m),
+    });
+    assert(!target.origin.includes("local socket"), target.origin);
+    assert(messages.some((m) => m.includes("local socket not used")), messages.join("\n"));
+    assert(messages.every((m) => !m.includes(s.transferUrl.split("/").pop()!)), "ticket shown");
+    const source = new Source(16 * MiB);
+    const writer = await target.connect(new AbortController().signal, source);
+    await upload([writer], source);
+    await writer[Symbol.asyncDispose]();
+    assertEquals(s.ovirt.stats().unixConnections, 0);
+    assertImage(await finish(s), source);
+  }
+  assertEquals(other.ovirt.stats().putRequests, 0, "the other daemon got no data");
+});
+
 Deno.test("a dropped connection: reconnect, resend the unflushed writes, data intact", async () => {
   await using s = await setup(16 * MiB);
   await using target = await openImageio(s.transferUrl, {

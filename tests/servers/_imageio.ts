@@ -11,6 +11,9 @@
  * - Flush is per connection, modelled by `_undo.ts`: a connection's writes are lost (undone)
  *   unless that connection flushes them before it fails, closes, or its ticket goes away.
  * - The proxy is a second listener on another port with the same tickets.
+ * - With `unixSocket`, the daemon also listens on a local unix socket in plain HTTP and names it
+ *   in OPTIONS (`unix_socket`, as the real daemon does with `\0/org/ovirt/imageio`), for
+ *   clients on the same host.
  *
  * @module
  */
@@ -26,6 +29,7 @@ export interface DaemonFaults {
   dropConnectionAfterBytes?: number;
   fail500Once?: boolean;
   slowMs?: number;
+  advertiseUnixSocket?: string;
 }
 
 /** What the engine puts in a ticket. */
@@ -66,6 +70,8 @@ export interface DaemonStats {
   zeroBytes: number;
   flushRequests: number;
   connections: number;
+  /** Of those, connections over the local unix socket. */
+  unixConnections: number;
   maxConcurrentConnections: number;
   droppedBytes: number;
   implicitFlushes: number;
@@ -83,6 +89,11 @@ export interface ImageioOptions {
   defaultIdleSec: number;
   /** The faults object, read on every request (tests change it at any time). */
   faults: () => DaemonFaults;
+  /**
+   * Also listen on this unix socket (a path, or an abstract name starting with NUL) and
+   * name it in the daemon's OPTIONS answers.
+   */
+  unixSocket?: string;
 }
 
 const VERSION = "2.5.3";
@@ -107,6 +118,34 @@ class HttpError extends Error {
   }
 }
 
+/**
+ * A PUT's writes to qemu-nbd, at most one in flight besides the chunk being read: adding a write
+ * first waits for the one before it, whose buffer is about to be filled again.
+ */
+class Writes {
+  #last: Promise<void> | undefined;
+  readonly #nbd: NbdClient;
+
+  constructor(nbd: NbdClient) {
+    this.#nbd = nbd;
+  }
+
+  /** Waits for the write before, then starts this one (not waited for). */
+  async add(offset: number, data: Uint8Array): Promise<void> {
+    await this.settle();
+    const write = this.#nbd.write(offset, data);
+    write.catch(() => {}); // Reported by the next settle().
+    this.#last = write;
+  }
+
+  /** Waits for the write in flight; throws its error. */
+  async settle(): Promise<void> {
+    const last = this.#last;
+    this.#last = undefined;
+    await last;
+  }
+}
+
 /** One client connection and the backend (NBD connection, undo log) it opened. */
 export class DaemonConnection {
   readonly id: number;
@@ -118,6 +157,7 @@ export class DaemonConnection {
   /** Inactivity timeout of the last ticket used, in seconds. */
   idleSec: number;
   readonly #daemon: Imageio;
+  #buffers: [Uint8Array, Uint8Array] | undefined;
 
   constructor(id: number, http: HttpConnection, proxy: boolean, daemon: Imageio, idle: number) {
     this.id = id;
@@ -137,6 +177,11 @@ export class DaemonConnection {
     this.ticket = ticket;
     ticket.connections.add(this);
     return nbd;
+  }
+
+  /** Two body buffers of {@linkcode CHUNK} bytes, made on first use and kept. */
+  buffers(): [Uint8Array, Uint8Array] {
+    return this.#buffers ??= [new Uint8Array(CHUNK), new Uint8Array(CHUNK)];
   }
 
   /** Undoes this connection's unflushed writes (they are lost). */
@@ -190,12 +235,13 @@ export class Imageio implements AsyncDisposable {
     zeroBytes: 0,
     flushRequests: 0,
     connections: 0,
+    unixConnections: 0,
     maxConcurrentConnections: 0,
     droppedBytes: 0,
     implicitFlushes: 0,
   };
   readonly #options: ImageioOptions;
-  readonly #listeners: Deno.TlsListener[];
+  readonly #listeners: Deno.Listener[];
   readonly #tickets = new Map<string, Ticket>();
   readonly #connections = new Set<DaemonConnection>();
   readonly #tasks = new Set<Promise<void>>();
@@ -205,16 +251,21 @@ export class Imageio implements AsyncDisposable {
   #dropSeen = 0;
   #closed = false;
 
-  private constructor(options: ImageioOptions, listeners: Deno.TlsListener[]) {
+  /** The local socket, when the daemon has one. */
+  readonly unixSocket: string | undefined;
+
+  private constructor(options: ImageioOptions, listeners: Deno.Listener[]) {
     this.#options = options;
     this.#listeners = listeners;
     this.dir = options.dir;
     this.daemonPort = (listeners[0]!.addr as Deno.NetAddr).port;
     this.proxyPort = (listeners[1]!.addr as Deno.NetAddr).port;
+    this.unixSocket = options.unixSocket;
   }
 
   /**
-   * Starts the daemon and the proxy on 127.0.0.1, each on a free port.
+   * Starts the daemon and the proxy on 127.0.0.1, each on a free port (and the daemon on its
+   * unix socket, when asked).
    *
    * @param options Certificate, scratch directory, limits, faults.
    * @returns The running daemon; dispose it to stop it.
@@ -223,9 +274,19 @@ export class Imageio implements AsyncDisposable {
     const cert = await Deno.readTextFile(options.certFile);
     const key = await Deno.readTextFile(options.keyFile);
     const listen = () => Deno.listenTls({ hostname: "127.0.0.1", port: 0, cert, key });
-    const daemon = new Imageio(options, [listen(), listen()]);
-    daemon.#accept(daemon.#listeners[0]!, false);
-    daemon.#accept(daemon.#listeners[1]!, true);
+    const listeners: Deno.Listener[] = [listen(), listen()];
+    if (options.unixSocket !== undefined) {
+      try {
+        listeners.push(Deno.listen({ transport: "unix", path: options.unixSocket }));
+      } catch (e) {
+        for (const l of listeners) l.close();
+        throw e;
+      }
+    }
+    const daemon = new Imageio(options, listeners);
+    daemon.#accept(listeners[0]!, false);
+    daemon.#accept(listeners[1]!, true);
+    if (listeners[2]) daemon.#accept(listeners[2], false);
     return daemon;
   }
 
@@ -291,6 +352,9 @@ export class Imageio implements AsyncDisposable {
         // Already closed.
       }
     }
+    if (this.unixSocket && !this.unixSocket.startsWith("\0")) {
+      await Deno.remove(this.unixSocket).catch(() => {});
+    }
     for (const c of this.#connections) c.http.close();
     while (this.#tasks.size) await Promise.allSettled([...this.#tasks]);
     for (const id of [...this.#tickets.keys()]) await this.removeTicket(id);
@@ -301,10 +365,10 @@ export class Imageio implements AsyncDisposable {
     p.finally(() => this.#tasks.delete(p));
   }
 
-  #accept(listener: Deno.TlsListener, proxy: boolean): void {
+  #accept(listener: Deno.Listener, proxy: boolean): void {
     this.#track((async () => {
       while (true) {
-        let conn: Deno.TlsConn;
+        let conn: Deno.Conn;
         try {
           conn = await listener.accept();
         } catch {
@@ -319,7 +383,7 @@ export class Imageio implements AsyncDisposable {
     })());
   }
 
-  async #serve(conn: Deno.TlsConn, proxy: boolean): Promise<void> {
+  async #serve(conn: Deno.Conn, proxy: boolean): Promise<void> {
     const http = new HttpConnection(conn);
     const c = new DaemonConnection(
       this.#nextConnection++,
@@ -330,6 +394,7 @@ export class Imageio implements AsyncDisposable {
     );
     this.#connections.add(c);
     this.counters.connections++;
+    if (conn.localAddr.transport === "unix") this.counters.unixConnections++;
     this.#live++;
     this.counters.maxConcurrentConnections = Math.max(
       this.counters.maxConcurrentConnections,
@@ -471,6 +536,12 @@ export class Imageio implements AsyncDisposable {
     await c.http.respond(status, headers, body, contentLength);
   }
 
+  /** The socket named in OPTIONS: the daemon's own, or the one a fault says. */
+  #advertised(c: DaemonConnection): string | undefined {
+    if (c.proxy) return undefined;
+    return this.#options.faults().advertiseUnixSocket ?? this.unixSocket;
+  }
+
   async #imageOptions(c: DaemonConnection, ticket: Ticket): Promise<void> {
     await this.#send(
       c,
@@ -480,6 +551,7 @@ export class Imageio implements AsyncDisposable {
         features: ticket.writable ? FEATURES_RW : FEATURES_RO,
         max_readers: 8,
         max_writers: this.#options.maxWriters,
+        ...(this.#advertised(c) !== undefined ? { unix_socket: this.#advertised(c) } : {}),
       }),
     );
   }
@@ -514,32 +586,45 @@ export class Imageio implements AsyncDisposable {
       );
     }
     await c.undo!.save(nbd, start, length);
-    const buf = new Uint8Array(Math.min(length, CHUNK));
+    // Two buffers: one fills from the socket while the other is written to qemu-nbd, so a
+    // connection keeps reading while its last chunk is being stored (the real daemon's threads
+    // overlap the same way across connections; here all of them share one JS thread).
+    const bufs = c.buffers();
+    const writing = new Writes(nbd);
+    let buf = bufs[0];
     let filled = 0;
     let pos = start;
     let remaining = length;
-    while (remaining > 0) {
-      const n = await c.http.readSome(
-        buf.subarray(filled, Math.min(buf.length, filled + remaining)),
-      );
-      if (n === 0) {
-        if (filled) await nbd.write(pos, buf.subarray(0, filled));
-        return false; // The client went away in the middle of the body.
+    try {
+      while (remaining > 0) {
+        const n = await c.http.readSome(
+          buf.subarray(filled, Math.min(buf.length, filled + remaining)),
+        );
+        if (n === 0) {
+          if (filled) await writing.add(pos, buf.subarray(0, filled));
+          await writing.settle();
+          return false; // The client went away in the middle of the body.
+        }
+        this.counters.putBytes += n;
+        ticket.transferred += n;
+        filled += n;
+        remaining -= n;
+        if (this.#shouldDrop(faults, n)) {
+          await writing.add(pos, buf.subarray(0, filled));
+          await writing.settle();
+          c.http.close();
+          return false;
+        }
+        if (filled === buf.length || remaining === 0) {
+          await writing.add(pos, buf.subarray(0, filled));
+          buf = buf === bufs[0] ? bufs[1] : bufs[0];
+          pos += filled;
+          filled = 0;
+        }
       }
-      this.counters.putBytes += n;
-      ticket.transferred += n;
-      filled += n;
-      remaining -= n;
-      if (this.#shouldDrop(faults, n)) {
-        await nbd.write(pos, buf.subarray(0, filled));
-        c.http.close();
-        return false;
-      }
-      if (filled === buf.length || remaining === 0) {
-        await nbd.write(pos, buf.subarray(0, filled));
-        pos += filled;
-        filled = 0;
-      }
+      await writing.settle();
+    } finally {
+      await writing.settle().catch(() => {});
     }
     state.bodyRead = true;
     if (flushParam === "y") {

@@ -84,6 +84,12 @@ export interface OvirtOptions {
    */
   maxWriters?: number;
   /**
+   * The imageio daemon also serves a local unix socket (a fresh abstract name, like the real
+   * `\0/org/ovirt/imageio`) and names it in OPTIONS: a daemon on the client's own host.
+   * @default false (a daemon on another host, reached over HTTPS only)
+   */
+  unixSocket?: boolean;
+  /**
    * How long a new disk stays `locked` (and how long removals and VM imports take), in ms.
    * @default 200
    */
@@ -110,6 +116,11 @@ export interface Faults {
   fail500Once?: boolean;
   /** imageio: delay every response by this many milliseconds. */
   slowMs?: number;
+  /**
+   * imageio: the daemon names this unix socket in OPTIONS instead of its own (one nobody
+   * listens on, or another daemon's that does not hold the ticket: a daemon on another host).
+   */
+  advertiseUnixSocket?: string;
   /** engine: finalize ends in `finished_failure` (disk `illegal`). */
   failFinalize?: boolean;
   /** engine: transfers go to `paused_system` (their ticket is removed). */
@@ -128,8 +139,10 @@ export interface OvirtStats {
   zeroBytes: number;
   /** PATCH flush requests (PUT `flush=y` and zero `flush: true` count in implicitFlushes). */
   flushRequests: number;
-  /** TLS connections accepted. */
+  /** Connections accepted (TLS, and plain over the local socket). */
   connections: number;
+  /** Of those, connections over the daemon's local unix socket. */
+  unixConnections: number;
   /** Most connections open at once. */
   maxConcurrentConnections: number;
   /** Bytes of unflushed writes that were lost (undone). */
@@ -146,6 +159,8 @@ export interface Ovirt extends AsyncDisposable {
   caFile: string;
   /** A file holding the password (no trailing newline). */
   passwordFile: string;
+  /** The imageio daemon's local socket (an abstract name), with `unixSocket: true`. */
+  unixSocket: string | undefined;
   /** Faults to inject, read on every request. */
   faults: Faults;
   /** The disks; `path` is the image file (qcow2 for cow). */
@@ -198,6 +213,9 @@ export async function startOvirt(options: OvirtOptions): Promise<Ovirt> {
       maxWriters,
       defaultIdleSec: options.ticketInactivityTimeout ?? 60,
       faults: () => ovirt.faults,
+      ...(options.unixSocket
+        ? { unixSocket: `\0/vmshift-test-imageio/${crypto.randomUUID()}` }
+        : {}),
     });
     cleanup.push(() => imageio[Symbol.asyncDispose]());
     const engine = await Engine.start({
@@ -223,6 +241,7 @@ export async function startOvirt(options: OvirtOptions): Promise<Ovirt> {
       engineUrl: engine.url,
       caFile: ca.caFile,
       passwordFile,
+      unixSocket: imageio.unixSocket,
       faults,
       disks: () =>
         engine.disks().map((d) => ({
