@@ -85,11 +85,6 @@ export interface ImageioOptions {
    * @default 8 MiB
    */
   maxRequestSize?: number;
-  /**
-   * Use the daemon's local socket when it is on this host.
-   * @default true
-   */
-  localSocket?: boolean;
   /** Aborts the setup and every request. */
   signal?: AbortSignal;
   /** Debug messages. */
@@ -189,7 +184,7 @@ export async function openImageio(url: string, options: ImageioOptions): Promise
         (features.unixSocket ? `, unix_socket ${JSON.stringify(features.unixSocket)}` : ""),
     );
     let connection = tls;
-    if (features.unixSocket && options.localSocket !== false) {
+    if (features.unixSocket) {
       const local = await localDaemon(parsed, ticket, features.unixSocket, options);
       if (local) {
         http.close();
