@@ -12,9 +12,9 @@
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { run } from "../../src/process.ts";
-import { assert } from "../_assert.ts";
+import { assert, assertEquals } from "../_assert.ts";
 import { makeCa, makeServerCertificate } from "../servers/_tls.ts";
-import type { RunResult } from "./_harness.ts";
+import type { RunResult, Sandbox } from "./_harness.ts";
 
 const SOURCE = fileURLToPath(new URL("../vcsim/main.go", import.meta.url));
 const GOPATH_SYSTEM = "/usr/share/gocode";
@@ -310,4 +310,32 @@ export function assertNoSecret(r: RunResult, sim: Vcsim): void {
     assert(!out.includes(sim.password), "the password was shown");
     assert(!out.includes("vmware_soap_session"), "the session cookie was shown");
   }
+}
+
+/**
+ * Migrates a simulated VM to `-o local` in the sandbox with `-v -x`; checks it succeeded and
+ * showed no secret.
+ */
+export async function migrateToLocal(
+  sb: Sandbox,
+  sim: Vcsim,
+  vm: string,
+): Promise<{ r: RunResult; out: string }> {
+  const out = join(sb.work, "out");
+  await Deno.mkdir(out);
+  const r = await sb.run([
+    "-i",
+    "vsphere",
+    ...login(sim),
+    vm,
+    "-o",
+    "local",
+    "-os",
+    out,
+    "-v",
+    "-x",
+  ]);
+  assertEquals(r.code, 0, r.stderr);
+  assertNoSecret(r, sim);
+  return { r, out };
 }

@@ -10,17 +10,12 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertStringIncludes } from "../_assert.ts";
 import { makeVmwareFixture, type VmwareFixture } from "../../scripts/make_vmware_fixture.ts";
-import {
-  assertSameContent,
-  processesMentioning,
-  type RunResult,
-  Sandbox,
-  sha256,
-} from "./_harness.ts";
+import { assertSameContent, processesMentioning, Sandbox, sha256 } from "./_harness.ts";
 import {
   addVcsimFiles,
   assertNoSecret,
   login,
+  migrateToLocal,
   rawImage,
   type SimVm,
   startVcsim,
@@ -111,34 +106,6 @@ function simVm(fx: VmwareFixture, controller = "pvscsi"): SimVm {
     })),
     nics: [{ model: "vmxnet3", mac: "00:50:56:aa:cc:01", network: "VM Network" }],
   };
-}
-
-/**
- * Migrates a simulated VM to `-o local` in the sandbox with `-v -x`; checks it succeeded and
- * showed no secret.
- */
-async function migrateToLocal(
-  sb: Sandbox,
-  sim: Vcsim,
-  vm: string,
-): Promise<{ r: RunResult; out: string }> {
-  const out = join(sb.work, "out");
-  await Deno.mkdir(out);
-  const r = await sb.run([
-    "-i",
-    "vsphere",
-    ...login(sim),
-    vm,
-    "-o",
-    "local",
-    "-os",
-    out,
-    "-v",
-    "-x",
-  ]);
-  assertEquals(r.code, 0, r.stderr);
-  assertNoSecret(r, sim);
-  return { r, out };
 }
 
 Deno.test("-i vsphere esx://root@HOST: an ESXi host's VM found (ha-datacenter), hardware, disks copied identical", async () => {

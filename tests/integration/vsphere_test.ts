@@ -21,6 +21,7 @@ import {
   addVcsimFiles,
   assertNoSecret,
   login,
+  migrateToLocal,
   rawImage,
   type SimVm,
   startVcsim,
@@ -222,22 +223,7 @@ Deno.test("-i vsphere: finds the VM by name, moref and as -i libvirt -ic vpx://,
 
 Deno.test("-i vsphere: disks copied over HTTPS (vmfs flat and hosted sparse) identical, -v/-x show no secret", async () => {
   await withSimulator(async ({ sb, sim, raw }) => {
-    const out = join(sb.work, "out");
-    await Deno.mkdir(out);
-    const r = await sb.run([
-      "-i",
-      "vsphere",
-      ...login(sim),
-      "web01",
-      "-o",
-      "local",
-      "-os",
-      out,
-      "-v",
-      "-x",
-    ]);
-    assertEquals(r.code, 0, r.stderr);
-    assertNoSecret(r, sim);
+    const { r, out } = await migrateToLocal(sb, sim, "web01");
     assertStringIncludes(r.stderr, "curl url=https://127.0.0.1:");
     assertStringIncludes(r.stderr, "/folder/web01/web01-flat.vmdk?dcPath=DC0&dsName=datastore1");
     assertStringIncludes(r.stderr, `cookie=+${sb.tmp}/`);
