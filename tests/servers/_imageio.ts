@@ -602,7 +602,6 @@ export class Imageio implements AsyncDisposable {
         );
         if (n === 0) {
           if (filled) await writing.add(pos, buf.subarray(0, filled));
-          await writing.settle();
           return false; // The client went away in the middle of the body.
         }
         this.counters.putBytes += n;
@@ -611,7 +610,7 @@ export class Imageio implements AsyncDisposable {
         remaining -= n;
         if (this.#shouldDrop(faults, n)) {
           await writing.add(pos, buf.subarray(0, filled));
-          await writing.settle();
+          await writing.settle(); // Landed before the client sees the connection close.
           c.http.close();
           return false;
         }
@@ -624,6 +623,7 @@ export class Imageio implements AsyncDisposable {
       }
       await writing.settle();
     } finally {
+      // On the early returns too: the write in flight lands before the connection is released.
       await writing.settle().catch(() => {});
     }
     state.bodyRead = true;
