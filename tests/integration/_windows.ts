@@ -5,8 +5,9 @@
  * @module
  */
 
-import { assert, assertEquals } from "../_assert.ts";
+import { assert, assertEquals, assertStringIncludes } from "../_assert.ts";
 import { Guestfs } from "../../src/convert/guestfs.ts";
+import type { Sandbox } from "./_harness.ts";
 
 /** A registry export: lower-cased key path → value name → `type:data` as hivexregedit prints. */
 export type Registry = Map<string, { path: string; values: Map<string, string> }>;
@@ -143,4 +144,33 @@ export function assertWin10Drivers(ours: Converted): void {
     ours.system.has("driverdatabase\\deviceids\\pci\\ven_1af4&dev_1042&subsys_11001af4&rev_01"),
   );
   assert(![...ours.system.keys()].some((k) => k.includes("criticaldevicedatabase")));
+}
+
+/**
+ * Converts a Windows disk that must be refused: exit 1 with `message`, nothing in the output
+ * directory, nothing left behind.
+ *
+ * @param box The sandbox.
+ * @param source The disk.
+ * @param virtioWin What VIRTIO_WIN names.
+ * @param name Names the output directory.
+ * @param message What stderr must say.
+ */
+export async function assertRefused(
+  box: Sandbox,
+  source: string,
+  virtioWin: string,
+  name: string,
+  message: string,
+): Promise<void> {
+  const out = `${box.work}/out-${name}`;
+  await Deno.mkdir(out);
+  const r = await box.run(["-i", "disk", source, "-o", "local", "-os", out], {
+    convert: true,
+    env: { VIRTIO_WIN: virtioWin },
+  });
+  assertEquals(r.code, 1, r.stderr);
+  assertStringIncludes(r.stderr, message);
+  assertEquals([...Deno.readDirSync(out)], []);
+  await box.assertNothingLeft();
 }

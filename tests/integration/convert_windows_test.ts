@@ -12,7 +12,13 @@
 import { assert, assertEquals, assertMatch, assertStringIncludes } from "../_assert.ts";
 import { guestImage, type GuestName } from "../_guests.ts";
 import { Sandbox } from "./_harness.ts";
-import { assertWin10Drivers, type Converted, readOutputs, type Registry } from "./_windows.ts";
+import {
+  assertRefused,
+  assertWin10Drivers,
+  type Converted,
+  readOutputs,
+  type Registry,
+} from "./_windows.ts";
 import { makeVirtioWinTree } from "../../scripts/make_virtio_win_tree.ts";
 import { NIC_GUID, VMWARE_TOOLS_GUID } from "../../scripts/make_windows_guest.ts";
 import { makeVmwareFixture } from "../../scripts/make_vmware_fixture.ts";
@@ -409,18 +415,8 @@ Deno.test("Windows guests convert, refuse what must be refused, and match virt-v
   console.error(timings.join("\n"));
 
   /** Converts a guest that must be refused: exit 1 with `message`, no output, nothing left. */
-  const refused = async (source: string, name: string, message: string) => {
-    const out = `${box.work}/out-${name}`;
-    await Deno.mkdir(out);
-    const r = await box.run(["-i", "disk", source, "-o", "local", "-os", out], {
-      convert: true,
-      env: { VIRTIO_WIN: tree },
-    });
-    assertEquals(r.code, 1, r.stderr);
-    assertStringIncludes(r.stderr, message);
-    assertEquals([...Deno.readDirSync(out)], []);
-    await box.assertNothingLeft();
-  };
+  const refused = (source: string, name: string, message: string) =>
+    assertRefused(box, source, tree, name, message);
 
   await t.step(
     "a hibernated guest is refused before any change, exit 1, source unchanged",
