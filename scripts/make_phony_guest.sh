@@ -26,7 +26,7 @@
 #         /etc/selinux/config enforcing, /usr/lib/systemd/systemd-udevd, PLUS programs, so
 #         that a conversion runs end to end: the host's bash with its libraries as /bin/sh,
 #         Debian's static busybox (busybox-static) for grep, sed, cat..., and sh scripts
-#         standing in for rpm, dracut, lsinitrd, grub2-mkconfig and grubby (see
+#         standing in for rpm, dracut, lsinitrd, grub2-mkconfig, grub2-probe and grubby (see
 #         rhel_standins below). Each stand-in logs its argv to /var/log/vmshift-standins.log.
 #         busybox is not /bin/sh: its ash runs its own applets (it has an "rpm") before any
 #         program of that name in PATH.
@@ -234,8 +234,8 @@ EOF
   cat >"$t/usr/sbin/grub2-mkconfig" <<'EOF'
 #!/bin/sh
 # grub2-mkconfig stand-in: -o FILE. Writes a menu entry per /boot/vmlinuz-*, newest first,
-# with root= the device mounted on / (what grub2-probe finds; in the conversion appliance,
-# the source's name) and GRUB_CMDLINE_LINUX of /etc/default/grub.
+# with root= what grub2-probe finds for / (as the real one asks it) and GRUB_CMDLINE_LINUX of
+# /etc/default/grub.
 . /usr/lib/vmshift-standins/common.sh
 log grub2-mkconfig "$@"
 out=/dev/stdout
@@ -248,8 +248,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 . /etc/default/grub
-dev=$(awk '$2 == "/" { d = $1 } END { print d }' /proc/self/mounts)
-case $dev in /dev/*) ;; *) echo "grub2-probe: error: cannot find a device for / (got \"$dev\")" >&2; exit 1 ;; esac
+dev=$(grub2-probe --target=device /) || exit 1
 prefix=/boot
 if awk '$2 == "/boot" { found = 1 } END { exit !found }' /proc/self/mounts; then prefix=; fi
 echo "Generating grub configuration file ..." >&2
@@ -269,6 +268,17 @@ echo "Generating grub configuration file ..." >&2
 } >"$out.new" && mv "$out.new" "$out"
 echo "done" >&2
 EOF
+  cat >"$t/usr/sbin/grub2-probe" <<'EOF'
+#!/bin/sh
+# grub2-probe stand-in: --target=device PATH. The device mounted on PATH as the running kernel
+# names it (in the conversion appliance, the appliance kernel's name, which may differ from
+# libguestfs's).
+. /usr/lib/vmshift-standins/common.sh
+log grub2-probe "$@"
+[ "$1" = --target=device ] && [ $# -eq 2 ] || { echo "grub2-probe stand-in: unsupported: $*" >&2; exit 1; }
+dev=$(awk -v p="$2" '$2 == p { d = $1 } END { print d }' /proc/self/mounts)
+case $dev in /dev/*) echo "$dev" ;; *) echo "grub2-probe: error: cannot find a device for $2 (got \"$dev\")" >&2; exit 1 ;; esac
+EOF
   cat >"$t/usr/sbin/grubby" <<'EOF'
 #!/bin/sh
 # grubby stand-in: --default-kernel, --set-default KERNEL.
@@ -284,7 +294,7 @@ case $1 in
 *) echo "grubby stand-in: unsupported: $*" >&2; exit 1 ;;
 esac
 EOF
-  chmod 755 "$t"/usr/bin/{rpm,dracut,lsinitrd} "$t"/usr/sbin/{grub2-mkconfig,grubby}
+  chmod 755 "$t"/usr/bin/{rpm,dracut,lsinitrd} "$t"/usr/sbin/{grub2-mkconfig,grub2-probe,grubby}
   # ls is the host's, which needs more libraries than bash: busybox's instead.
   ln -sf busybox "$t/usr/bin/ls"
 }

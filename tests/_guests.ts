@@ -6,7 +6,7 @@
  * | `debian12`     | `scripts/make_debian_guest.sh`         | bootable Debian 12 as VMware leaves it (~3 min to build) |
  * | `phony-debian` | `scripts/make_phony_guest.sh … debian` | inspectable, not bootable (~20 s)    |
  * | `phony-fedora` | `scripts/make_phony_guest.sh … fedora` | inspectable, not bootable (~20 s)    |
- * | `phony-rhel`   | `scripts/make_phony_guest.sh … rhel`   | inspectable RHEL 9 with stand-ins for rpm, dracut, lsinitrd, grub2-mkconfig, grubby: convertible, not bootable (~20 s) |
+ * | `phony-rhel`   | `scripts/make_phony_guest.sh … rhel`   | inspectable RHEL 9 with stand-ins for rpm, dracut, lsinitrd, grub2-mkconfig, grub2-probe, grubby: convertible, not bootable (~20 s) |
  * | `phony-win10`, `phony-srv2019`, `phony-srv2022`, `phony-win7x86`, `phony-hibernated`, `phony-bitlocker` | `scripts/make_windows_guest.ts … VARIANT` | inspectable Windows, not bootable (~20 s) |
  * | `phony-virtio-win-iso` | `scripts/make_virtio_win_iso.ts`     | the phony virtio-win tree as an ISO (~1 s) |
  *

@@ -1,8 +1,8 @@
 /**
  * The RHEL-family conversion end to end, on the phony RHEL 9 guest (`phony-rhel` in
  * `tests/_guests.ts`): no real RHEL guest can be built here (no RHEL or Fedora mirror), so the
- * guest carries sh stand-ins for rpm, dracut, lsinitrd, grub2-mkconfig and grubby that behave
- * as the real tools do for what vmshift asks, and log their argv to
+ * guest carries sh stand-ins for rpm, dracut, lsinitrd, grub2-mkconfig, grub2-probe and grubby
+ * that behave as the real tools do for what vmshift asks, and log their argv to
  * /var/log/vmshift-standins.log. The conversion runs them inside the guest as it would run the
  * real ones; the test reads the converted disk and checks what was run and what changed.
  *
@@ -146,7 +146,14 @@ Deno.test({
 
     await t.step("nothing but the stand-ins ran", () => {
       const tools = new Set(log.filter(Boolean).map((l) => l.split(" ")[0]));
-      assertEquals([...tools].sort(), ["dracut", "grub2-mkconfig", "grubby", "lsinitrd", "rpm"]);
+      assertEquals([...tools].sort(), [
+        "dracut",
+        "grub2-mkconfig",
+        "grub2-probe",
+        "grubby",
+        "lsinitrd",
+        "rpm",
+      ]);
     });
 
     await g.shutdown();

@@ -8,10 +8,11 @@
  *    libguestfs names them in the order they were added, which is the source's order. The two
  *    usually agree, but not always (under TCG the appliance's own disk is now and then `sda`
  *    and the guest's `sdb`), so a root device the tool wrote by name is put back under
- *    libguestfs's name.
+ *    libguestfs's name: in `grub.cfg`, and in what RHEL's tool also rewrites (the options of
+ *    BootLoaderSpec entries, `/etc/kernel/cmdline`, `kernelopts` in `grubenv`).
  * 2. Device names are then rewritten in every file that holds a kernel command line or a disk
  *    name: the new `grub.cfg`, `/etc/default/grub`, GRUB's `device.map`, BootLoaderSpec
- *    entries, `/etc/kernel/cmdline`, legacy GRUB's `menu.lst` / `grub.conf`.
+ *    entries, `/etc/kernel/cmdline`, `grubenv`, legacy GRUB's `menu.lst` / `grub.conf`.
  * 3. When the default kernel lacks virtio (or is unknown) and another kernel has it, the newest
  *    such kernel becomes the default (with `grubby` where the guest has it; otherwise the report
  *    says so). A default that has virtio is left alone, even an older, pinned one.
@@ -21,7 +22,7 @@
 
 import { errorMessage } from "../../errors.ts";
 import { remapDevices } from "../_devices.ts";
-import { editText, firstFile, type Kernel, type LinuxGuest } from "./_guest.ts";
+import { editText, firstFile, type Kernel, type LinuxGuest, readText } from "./_guest.ts";
 
 const CMDLINE_FILES = [
   "/etc/default/grub",
@@ -46,6 +47,10 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
   // grub.cfg is regenerated first, while device.map still describes the disks as the
   // appliance sees them (with device.map naming /dev/vda, which the appliance lacks, GRUB
   // numbers the disks differently and grub-mkconfig writes the wrong root device).
+  const entries = g.isDir("/boot/loader/entries")
+    ? g.globExpand("/boot/loader/entries/*.conf")
+    : [];
+  const envs = grubEnvs(g);
   const config = firstFile(g, GRUB2_CONFIGS);
   if (config) {
     const tool = firstFile(g, [
@@ -53,28 +58,61 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
       "/usr/sbin/grub2-mkconfig",
       "/sbin/grub2-mkconfig",
     ]);
-    if (tool) {
-      try {
-        await g.command([tool.split("/").pop()!, "-o", config]);
-        report.changed(`Regenerated ${config} with ${tool.split("/").pop()}`);
-      } catch (e) {
-        report.problem(`Could not regenerate ${config}: ${errorMessage(e)}`);
-      }
-      const probed = await probeRoot(guest, tool);
-      if (probed) await editText(g, config, (text) => renameRoot(text, probed, guest.root));
-    } else {
-      report.problem(`${config} was not regenerated: the guest has no grub-mkconfig`);
-    }
+    if (tool) await regenerate(guest, tool, config, [...entries, "/etc/kernel/cmdline", ...envs]);
+    else report.problem(`${config} was not regenerated: the guest has no grub-mkconfig`);
   } else if (!firstFile(g, ["/boot/grub/menu.lst", "/boot/grub/grub.conf"])) {
     report.problem("No GRUB configuration found: check the bootloader by hand");
   }
-  const entries = g.isDir("/boot/loader/entries")
-    ? g.globExpand("/boot/loader/entries/*.conf")
-    : [];
   for (const file of [...CMDLINE_FILES, ...entries, ...(config ? [config] : [])]) {
-    await remapFile(guest, file);
+    await remapFile(guest, file, (_, after) => after);
   }
+  for (const file of envs) await remapFile(guest, file, resizeEnvBlock);
   await chooseDefaultKernel(guest, kernels);
+}
+
+/**
+ * GRUB's environment blocks: beside grub.cfg, and on the EFI system partition (RHEL 8 keeps
+ * `kernelopts`, the kernel command line of every BootLoaderSpec entry, there).
+ */
+function grubEnvs(g: LinuxGuest["g"]): string[] {
+  const efi = g.isDir("/boot/efi/EFI") ? g.globExpand("/boot/efi/EFI/*/grubenv") : [];
+  return [...["/boot/grub/grubenv", "/boot/grub2/grubenv"], ...efi].filter((f) => g.isFile(f));
+}
+
+/**
+ * Runs grub-mkconfig, then puts the root device it wrote by the appliance kernel's name back
+ * under libguestfs's name, in grub.cfg and in each of `alsoWritten` that the tool changed.
+ *
+ * @param guest The mounted guest.
+ * @param tool The guest's grub-mkconfig.
+ * @param config The grub.cfg it writes.
+ * @param alsoWritten Other files the tool may rewrite with the root device (RHEL's does).
+ */
+async function regenerate(
+  guest: LinuxGuest,
+  tool: string,
+  config: string,
+  alsoWritten: string[],
+): Promise<void> {
+  const { g, report } = guest;
+  const before = new Map<string, string | undefined>();
+  for (const f of alsoWritten) before.set(f, await readText(g, f));
+  const name = tool.split("/").pop()!;
+  try {
+    await g.command([name, "-o", config]);
+    report.changed(`Regenerated ${config} with ${name}`);
+  } catch (e) {
+    report.problem(`Could not regenerate ${config}: ${errorMessage(e)}`);
+  }
+  const probed = await probeRoot(guest, tool);
+  if (!probed) return;
+  const rename = (text: string) => renameRoot(text, probed, guest.root);
+  await editText(g, config, rename);
+  for (const [f, text] of before) {
+    if (await readText(g, f) !== text) {
+      await editText(g, f, f.endsWith("grubenv") ? (t) => resizeEnvBlock(t, rename(t)) : rename);
+    }
+  }
 }
 
 /**
@@ -123,14 +161,48 @@ export function renameRoot(text: string, probed: string, root: string): string {
   return text.replace(new RegExp(`(\\broot=)${escaped}(?![\\w])`, "g"), `$1${root}`);
 }
 
-async function remapFile(guest: LinuxGuest, file: string): Promise<void> {
+/**
+ * GRUB's environment block (`grubenv`) is a file of fixed size (1024 bytes): its text, then `#`
+ * up to the size. An edit that changed the length of the text is made to fit again.
+ *
+ * @param before The block as it was.
+ * @param after The edited block, its padding not yet adjusted.
+ * @returns `after` at the size of `before`; `before` itself when `after` cannot fit (or either
+ *   is not an environment block).
+ * @example
+ * ```ts
+ * import { resizeEnvBlock } from "./bootloader.ts";
+ * const block = "# GRUB Environment Block\nkernelopts=root=/dev/xvda2\n####";
+ * const out = resizeEnvBlock(block, block.replace("/dev/xvda2", "/dev/vda2"));
+ * if (out !== "# GRUB Environment Block\nkernelopts=root=/dev/vda2\n#####") throw new Error();
+ * ```
+ */
+export function resizeEnvBlock(before: string, after: string): string {
+  const header = "# GRUB Environment Block\n";
+  if (!before.startsWith(header) || !after.startsWith(header)) return before;
+  const size = new TextEncoder().encode(before).length;
+  const text = after.replace(/#*$/, "");
+  const length = new TextEncoder().encode(text).length;
+  return length > size ? before : text + "#".repeat(size - length);
+}
+
+async function remapFile(
+  guest: LinuxGuest,
+  file: string,
+  fit: (before: string, after: string) => string,
+): Promise<void> {
   const changes: string[] = [];
   const unknown: string[] = [];
   await editText(guest.g, file, (text) => {
     const r = remapDevices(text, guest.devices);
+    const out = fit(text, r.text);
+    if (out === text && r.text !== text) {
+      guest.report.problem(`${file}: no room for the new device names; not changed`);
+      return text;
+    }
     changes.push(...r.changes);
     unknown.push(...r.unknown);
-    return r.text;
+    return out;
   });
   if (changes.length) guest.report.changed(`${file}: ${changes.join(", ")}`);
   for (const u of new Set(unknown)) guest.report.problem(`${file}: no disk on the target for ${u}`);

@@ -1,6 +1,6 @@
 import { assertEquals } from "../../_assert.ts";
 import { compareVersions, familyOf } from "../../../src/convert/linux/_guest.ts";
-import { renameRoot } from "../../../src/convert/linux/bootloader.ts";
+import { renameRoot, resizeEnvBlock } from "../../../src/convert/linux/bootloader.ts";
 import { replaceXDrivers } from "../../../src/convert/linux/leftovers.ts";
 import { dpkgInstalled } from "../../../src/convert/linux/vmware_tools.ts";
 
@@ -53,4 +53,20 @@ Deno.test("renameRoot puts grub-mkconfig's root device back under libguestfs's n
   const lvm = "linux /vmlinuz root=/dev/mapper/vg-root ro";
   assertEquals(renameRoot(lvm, "/dev/mapper/vg-root", "/dev/vg/root"), lvm);
   assertEquals(renameRoot(cfg, "/dev/sdb1", "/dev/sdb1"), cfg);
+});
+
+Deno.test("resizeEnvBlock keeps grubenv at its size, or leaves it when the text cannot fit", () => {
+  const header = "# GRUB Environment Block\n";
+  const text = `${header}saved_entry=0\nkernelopts=root=/dev/xvda2 ro\n`;
+  const block = text + "#".repeat(1024 - text.length);
+  const shorter = resizeEnvBlock(block, block.replace("/dev/xvda2", "/dev/vda2"));
+  assertEquals(shorter.length, 1024);
+  assertEquals(shorter.startsWith(text.replace("/dev/xvda2", "/dev/vda2") + "#"), true);
+  const longer = resizeEnvBlock(shorter, shorter.replace("/dev/vda2", "/dev/xvda2"));
+  assertEquals(longer, block);
+  // No padding left to take from: unchanged.
+  const full = `${header}kernelopts=root=/dev/vda2\n`;
+  assertEquals(resizeEnvBlock(full, full.replace("vda2", "xvda2")), full);
+  // Not an environment block: unchanged.
+  assertEquals(resizeEnvBlock("kernelopts=x\n##", "kernelopts=xy\n##"), "kernelopts=x\n##");
 });
