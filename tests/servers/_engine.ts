@@ -38,6 +38,8 @@ export interface EngineOptions {
   password: string;
   storageDomains: Array<{ name: string; available: number; type: "nfs" | "iscsi" }>;
   clusters: Array<{ name: string; architecture: string }>;
+  /** The hosts of the data center; `hwId` is vdsm's hardware id (`/etc/vdsm/vdsm.id`). */
+  hosts: Array<{ name: string; hwId: string; status: string }>;
   existingVms: string[];
   tokenLifetimeMs: number;
   /** Overrides the inactivity timeout the client asks for, in seconds. */
@@ -93,6 +95,18 @@ export interface TransferState {
   proxyUrl: string | undefined;
   transferred: number;
   ending: Promise<void> | undefined;
+  /** The host that serves it. */
+  host: HostState;
+  /** The client asked for that host (`host` in the request). */
+  hostAsked: boolean;
+}
+
+/** A host as the engine keeps it. */
+export interface HostState {
+  id: string;
+  name: string;
+  hwId: string;
+  status: string;
 }
 
 /** A VM as the engine keeps it. */
@@ -116,7 +130,6 @@ interface JobState {
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const API = "/ovirt-engine/api";
-const HOST_ID = "5b2b5bd5-7c3a-4f1c-9d49-000000000001";
 const ADMIN_ID = "fdfc627c-d875-11e0-90f0-83df133b58cc";
 const TERMINAL = new Set(["finished_success", "finished_failure", "finished_cleanup"]);
 
@@ -180,6 +193,7 @@ export class Engine implements AsyncDisposable {
   readonly #dc = { id: crypto.randomUUID(), name: "Default" };
   readonly #domains: Domain[];
   readonly #clusters: Array<{ id: string; name: string; architecture: string }>;
+  readonly #hosts: HostState[];
   readonly #disks = new Map<string, DiskState>();
   readonly #transfers = new Map<string, TransferState>();
   readonly #vms = new Map<string, VmState>();
@@ -204,6 +218,7 @@ export class Engine implements AsyncDisposable {
       master: i === 0,
     }));
     this.#clusters = o.clusters.map((c) => ({ id: crypto.randomUUID(), ...c }));
+    this.#hosts = o.hosts.map((h) => ({ id: crypto.randomUUID(), ...h }));
     for (const name of o.existingVms) {
       const id = crypto.randomUUID();
       this.#vms.set(id, {
@@ -248,6 +263,11 @@ export class Engine implements AsyncDisposable {
   /** Transfers, for tests. */
   transfers(): TransferState[] {
     return [...this.#transfers.values()];
+  }
+
+  /** Hosts, for tests. */
+  hosts(): HostState[] {
+    return [...this.#hosts];
   }
 
   /** VMs, for tests. */
@@ -383,6 +403,9 @@ export class Engine implements AsyncDisposable {
       case "clusters":
         if (id !== undefined || m !== "GET") throw notFoundPath(path, m);
         return Response.json(this.#listClusters(search));
+      case "hosts":
+        if (id !== undefined || m !== "GET") throw notFoundPath(path, m);
+        return Response.json(this.#listHosts(search));
       case "vms":
         if (id !== undefined) throw notFoundPath(path, m);
         if (m === "GET") return Response.json(this.#listVms(search));
@@ -555,6 +578,29 @@ export class Engine implements AsyncDisposable {
       storage_format: "v5",
       version: { major: "4", minor: "7" },
     };
+  }
+
+  #listHosts(search: string | null): unknown {
+    const match = matcher(search, {
+      name: (h: HostState) => [h.name],
+      id: (h) => [h.id],
+      hw_id: (h) => [h.hwId],
+      status: (h) => [h.status],
+      datacenter: () => [this.#dc.name],
+      cluster: () => this.#clusters.slice(0, 1).map((c) => c.name),
+    });
+    const cluster = this.#clusters[0];
+    return wrap(
+      "host",
+      this.#hosts.filter(match).map((h) => ({
+        id: h.id,
+        href: `${API}/hosts/${h.id}`,
+        name: h.name,
+        address: "127.0.0.1",
+        status: h.status,
+        ...(cluster ? { cluster: { id: cluster.id, href: `${API}/clusters/${cluster.id}` } } : {}),
+      })),
+    );
   }
 
   #listClusters(search: string | null): unknown {
@@ -762,7 +808,7 @@ export class Engine implements AsyncDisposable {
       ...(t.proxyUrl ? { proxy_url: t.proxyUrl } : {}),
       disk: { id: t.disk.id, href: `${API}/disks/${t.disk.id}` },
       image: { id: t.disk.imageId },
-      host: { id: HOST_ID, href: `${API}/hosts/${HOST_ID}` },
+      host: { id: t.host.id, href: `${API}/hosts/${t.host.id}` },
     };
   }
 
@@ -778,9 +824,17 @@ export class Engine implements AsyncDisposable {
     if (direction !== "upload" && direction !== "download") {
       throw new ApiError(400, "Invalid value", `Invalid value "${direction}" for "direction"`);
     }
-    const host = body["host"] as Record<string, unknown> | undefined;
-    if (host !== undefined && host["id"] !== HOST_ID) {
-      throw refused("Cannot transfer Virtual Disk. Host doesn't exist.");
+    const wanted = body["host"] as Record<string, unknown> | undefined;
+    let host = this.#hosts.find((h) => h.status === "up");
+    if (wanted !== undefined) {
+      host = this.#hosts.find((h) => h.id === wanted["id"] || h.name === wanted["name"]);
+      if (!host) throw refused("Cannot transfer Virtual Disk. Host doesn't exist.");
+      if (host.status !== "up") {
+        throw refused(`Cannot transfer Virtual Disk. Host ${host.name} is not in Up status.`);
+      }
+    }
+    if (!host) {
+      throw refused("Cannot transfer Virtual Disk. There is no active host in the Data Center.");
     }
     const format = body["format"] ?? disk.format;
     if (format !== "raw" && format !== "cow") {
@@ -817,6 +871,8 @@ export class Engine implements AsyncDisposable {
       proxyUrl: undefined,
       transferred: 0,
       ending: undefined,
+      host,
+      hostAsked: wanted !== undefined,
     };
     this.#transfers.set(t.id, t);
     disk.status = "locked";

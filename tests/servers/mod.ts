@@ -8,7 +8,7 @@
  *
  * - Engine: SSO password grant (`admin@internal`), expiring bearer tokens, JSON as the engine
  *   writes it (strings for sizes and flags, `{}` for empty collections), searches by `name=`,
- *   `storage.name=`, `correlation_id=`. Disks are real image files made with qemu-img, `locked`
+ *   `storage.name=`, `correlation_id=`, and hosts by `hw_id=`, `datacenter=`, `status=`. Disks are real image files made with qemu-img, `locked`
  *   for `diskLockMs` after creation. A transfer is `initializing` for `transferInitMs`, then
  *   serves the disk with qemu-nbd behind an imageio ticket. Finalize: `finalizing_success` →
  *   `finished_success` (disk `ok`). Cancel: `cancelled_user` → `finalizing_failure` →
@@ -62,6 +62,14 @@ export interface OvirtOptions {
    * @default [{ name: "Default", architecture: "x86_64" }]
    */
   clusters?: Array<{ name: string; architecture?: string }>;
+  /**
+   * The hosts of the data center, each with vdsm's hardware id (the `/etc/vdsm/vdsm.id` of that
+   * host; a fresh UUID when not given) and a status (`up`, `maintenance`, ...). The one imageio
+   * server stands for every host's daemon. A transfer is served by the host the client asks
+   * for (it must be up), else by the first host that is up.
+   * @default [{ name: "host1", status: "up" }]
+   */
+  hosts?: Array<{ name: string; hwId?: string; status?: string }>;
   /**
    * Names of VMs that already exist.
    * @default []
@@ -173,8 +181,19 @@ export interface Ovirt extends AsyncDisposable {
     status: string;
     path: string;
   }>;
-  /** The image transfers, finished ones included. */
-  transfers(): Array<{ id: string; phase: string; diskId: string }>;
+  /** The hosts, with their engine ids. */
+  hosts(): Array<{ id: string; name: string; hwId: string; status: string }>;
+  /**
+   * The image transfers, finished ones included, with the host that serves each and whether
+   * the client asked for it.
+   */
+  transfers(): Array<{
+    id: string;
+    phase: string;
+    diskId: string;
+    hostId: string;
+    hostAsked: boolean;
+  }>;
   /** The VMs, those of `existingVms` (with an empty OVF) included. */
   vms(): Array<{ id: string; name: string; ovf: string }>;
   /** imageio counters. */
@@ -227,6 +246,11 @@ export async function startOvirt(options: OvirtOptions): Promise<Ovirt> {
         .map((d) => ({ name: d.name, available: d.available, type: d.type ?? "nfs" })),
       clusters: (options.clusters ?? [{ name: "Default" }])
         .map((c) => ({ name: c.name, architecture: c.architecture ?? "x86_64" })),
+      hosts: (options.hosts ?? [{ name: "host1" }]).map((h) => ({
+        name: h.name,
+        hwId: h.hwId ?? crypto.randomUUID(),
+        status: h.status ?? "up",
+      })),
       existingVms: options.existingVms ?? [],
       tokenLifetimeMs: options.tokenLifetimeMs ?? 3_600_000,
       ticketInactivityTimeout: options.ticketInactivityTimeout,
@@ -253,8 +277,15 @@ export async function startOvirt(options: OvirtOptions): Promise<Ovirt> {
           status: d.status,
           path: d.path,
         })),
+      hosts: () => engine.hosts().map((h) => ({ ...h })),
       transfers: () =>
-        engine.transfers().map((t) => ({ id: t.id, phase: t.phase, diskId: t.disk.id })),
+        engine.transfers().map((t) => ({
+          id: t.id,
+          phase: t.phase,
+          diskId: t.disk.id,
+          hostId: t.host.id,
+          hostAsked: t.hostAsked,
+        })),
       vms: () => engine.vms().map((v) => ({ id: v.id, name: v.name, ovf: v.ovf })),
       stats: () => ({ ...imageio.counters }),
       [Symbol.asyncDispose]: unwind,

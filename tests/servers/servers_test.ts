@@ -616,6 +616,62 @@ Deno.test("transfer: cancel ends in finished_failure; the disk is illegal, locke
   assertEquals((await env.api("DELETE", `/disks/${disk.id}`)).status, 200);
 });
 
+Deno.test("hosts: searched by hw_id, datacenter and status; a transfer goes to the host asked for, which must be up", async () => {
+  await using env = await Env.start({
+    hosts: [
+      { name: "host1", status: "maintenance" },
+      { name: "host2", hwId: "4c4c4544-0042-3910-8035-b3c04f4e3232" },
+      { name: "host3" },
+    ],
+  });
+  const [host1, host2, host3] = env.ovirt.hosts();
+  const search = async (q: string) => {
+    const r = await env.api("GET", `/hosts?search=${encodeURIComponent(q)}`);
+    assertEquals(r.status, 200, r.text);
+    return (r.json.host ?? []).map((h: { name: string }) => h.name);
+  };
+  assertEquals(
+    await search(`hw_id=${host2!.hwId} and datacenter=Default and status=Up`),
+    ["host2"],
+  );
+  assertEquals(await search(`hw_id=${host1!.hwId} and datacenter=Default and status=Up`), []);
+  assertEquals(await search(`hw_id=${host2!.hwId} and datacenter=Other`), []);
+  assertEquals(await search("status=up"), ["host2", "host3"]);
+  const listed = await env.api("GET", "/hosts");
+  assertEquals(listed.json.host[0].status, "maintenance");
+  assertEquals((await env.api("GET", "/hosts?search=hwid%3Dx")).status, 400, "unknown field");
+
+  const disk = await env.newDisk();
+  const refuse = async (host: unknown, detail: string) => {
+    const r = await env.api("POST", "/imagetransfers", { disk: { id: disk.id }, host });
+    assertEquals(r.status, 400, r.text);
+    assertStringIncludes(r.json.detail, detail);
+  };
+  await refuse({ id: host1!.id }, "Host host1 is not in Up status");
+  await refuse({ id: crypto.randomUUID() }, "Host doesn't exist");
+  const asked = await env.api("POST", "/imagetransfers", {
+    disk: { id: disk.id },
+    host: { id: host3!.id },
+  });
+  assertEquals(asked.status, 201, asked.text);
+  assertEquals(asked.json.host.id, host3!.id);
+  const other = await env.newDisk();
+  const any = await env.api("POST", "/imagetransfers", { disk: { id: other.id } });
+  assertEquals(any.json.host.id, host2!.id, "the first host that is up");
+  assertEquals(
+    env.ovirt.transfers().map((t) => [t.hostId, t.hostAsked]),
+    [[host3!.id, true], [host2!.id, false]],
+  );
+});
+
+Deno.test("hosts: with no host up, the engine refuses transfers", async () => {
+  await using env = await Env.start({ hosts: [{ name: "host1", status: "non_responsive" }] });
+  const disk = await env.newDisk();
+  const r = await env.api("POST", "/imagetransfers", { disk: { id: disk.id } });
+  assertEquals(r.status, 400, r.text);
+  assertStringIncludes(r.json.detail, "There is no active host in the Data Center");
+});
+
 // --- imageio ----------------------------------------------------------------------------------
 
 Deno.test("imageio: OPTIONS, info, extents and checksum answer as the daemon does", async () => {

@@ -126,6 +126,34 @@ export type Cluster = {
 export type Clusters = {
   cluster?: Cluster[];
 };
+export type Host = {
+  id?: string;
+  href?: string;
+  name?: string;
+  address?: string;
+  /** Only a host that is `up` serves transfers */
+  status?:
+    | "connecting"
+    | "down"
+    | "error"
+    | "initializing"
+    | "install_failed"
+    | "installing"
+    | "installing_os"
+    | "kdumping"
+    | "maintenance"
+    | "non_operational"
+    | "non_responsive"
+    | "pending_approval"
+    | "preparing_for_maintenance"
+    | "reboot"
+    | "unassigned"
+    | "up";
+  cluster?: Ref;
+};
+export type Hosts = {
+  host?: Host[];
+};
 export type Timestamp = number;
 export type Vm = {
   id?: string;
@@ -394,6 +422,31 @@ export function listClusters({ search }: {
     }
   >(
     `/api/clusters${
+      QS.query(QS.explode({
+        search,
+      }))
+    }`,
+    {
+      ...opts,
+    },
+  );
+}
+/**
+ * Hosts, optionally filtered by a search query
+ */
+export function listHosts({ search }: {
+  search?: string;
+} = {}, opts?: Oazapfts.RequestOpts) {
+  return oazapfts.fetchJson<
+    {
+      status: 200;
+      data: Hosts;
+    } | {
+      status: number;
+      data: Fault;
+    }
+  >(
+    `/api/hosts${
       QS.query(QS.explode({
         search,
       }))
