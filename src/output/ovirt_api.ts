@@ -61,6 +61,14 @@ export interface DataCenterInfo {
   status?: string;
 }
 
+/** A host. */
+export interface HostInfo {
+  id: string;
+  name?: string;
+  /** up, maintenance, non_responsive, ... */
+  status?: string;
+}
+
 /** A cluster. */
 export interface ClusterInfo {
   id: string;
@@ -92,6 +100,8 @@ export interface TransferInfo {
   transferUrl?: string;
   /** The imageio proxy's URL. */
   proxyUrl?: string;
+  /** The host that serves it. */
+  hostId?: string;
 }
 
 /** A job. */
@@ -292,6 +302,27 @@ export class OvirtApi implements AsyncDisposable {
   }
 
   /**
+   * Finds the host of a hardware id (`/etc/vdsm/vdsm.id`) among the hosts that are up in a
+   * data center.
+   * @param hardwareId The host's hardware id.
+   * @param dataCenter The data center's name.
+   * @returns It, or undefined when no such host is up there.
+   */
+  async upHost(hardwareId: string, dataCenter: string): Promise<HostInfo | undefined> {
+    const search = `hw_id=${quoteSearch(hardwareId)} and datacenter=${
+      quoteSearch(dataCenter)
+    } and status=up`;
+    const res = await this.#get(
+      `look up this host (hardware id ${hardwareId}) in data center "${dataCenter}"`,
+      (o) => api.listHosts({ search }, o),
+    );
+    const host = list(res.data, "host").map(obj).find((h) => str(h.id));
+    return host
+      ? defined({ id: str(host.id)!, name: str(host.name), status: str(host.status) })
+      : undefined;
+  }
+
+  /**
    * Tells whether a VM of this name exists.
    * @param name The name.
    * @returns True when one does.
@@ -360,14 +391,20 @@ export class OvirtApi implements AsyncDisposable {
    * Starts an upload to a disk.
    * @param diskId The disk.
    * @param inactivityTimeout Seconds of inactivity after which the engine gives up.
+   * @param hostId The host to serve it; else the engine picks one.
    * @returns The transfer.
    */
-  async addUpload(diskId: string, inactivityTimeout: number): Promise<TransferInfo> {
+  async addUpload(
+    diskId: string,
+    inactivityTimeout: number,
+    hostId?: string,
+  ): Promise<TransferInfo> {
     const res = await this.#request(
       `start an upload to disk ${diskId}`,
       (o) =>
         api.addImageTransfer({
           disk: { id: diskId },
+          ...(hostId ? { host: { id: hostId } } : {}),
           direction: "upload",
           format: "raw",
           inactivity_timeout: inactivityTimeout,
@@ -622,6 +659,7 @@ function transferInfo(data: unknown): TransferInfo | undefined {
     phase: str(t.phase),
     transferUrl: str(t.transfer_url),
     proxyUrl: str(t.proxy_url),
+    hostId: str(obj(t.host).id),
   });
 }
 

@@ -21,10 +21,12 @@
  * 2. `setup` logs in and checks everything before it creates anything: the storage domain
  *    exists, is a data domain, and has room for the disks (see {@linkcode spaceNeeded}), its data
  *    center, the cluster in that data center and a defined CPU architecture, the VM name is
- *    free, the chosen disk UUIDs are free. Then, per disk: `POST /disks` (raw: sparse unless
- *    preallocated; qcow2 → `cow`, sparse, `initial_size` = the virtual size as virt-v2v sends
- *    it), wait for `ok`, `POST /imagetransfers` (upload, raw, inactivity timeout 3600 s), wait
- *    while `initializing` (`paused_system` → cancel and fail), and open the imageio target.
+ *    free, the chosen disk UUIDs are free; when this machine is an oVirt host that is up in
+ *    that data center (`/etc/vdsm/vdsm.id`), the transfers are asked of it. Then, per disk:
+ *    `POST /disks` (raw: sparse unless preallocated; qcow2 → `cow`, sparse, `initial_size` = the
+ *    virtual size as virt-v2v sends it), wait for `ok`, `POST /imagetransfers` (upload, raw,
+ *    inactivity timeout 3600 s, this host if it is one), wait while `initializing`
+ *    (`paused_system` → cancel and fail), and open the imageio target.
  * 3. `finalize`: finalize every transfer and wait for `finished_success` (a 404 after finalize
  *    is an older engine: then the disk being `ok` means success), write the OVF with the disks'
  *    image ids, `POST /vms` with a correlation id and wait until none of its jobs is `started`,
@@ -42,7 +44,14 @@ import type { RunContext } from "../input/types.ts";
 import { formatBytes } from "../progress.ts";
 import type { Vm } from "../vm.ts";
 import { type ImageioTarget, openImageio } from "./imageio.ts";
-import { type ClusterInfo, EngineError, OvirtApi, type StorageDomainInfo } from "./ovirt_api.ts";
+import {
+  type ClusterInfo,
+  type DataCenterInfo,
+  EngineError,
+  type HostInfo,
+  OvirtApi,
+  type StorageDomainInfo,
+} from "./ovirt_api.ts";
 import { createOvf, type OvfDisk } from "./ovf.ts";
 import { parseDiskOptions } from "./_options.ts";
 import type { Output, OutputCli, OutputSession, PreparedOutput } from "./types.ts";
@@ -54,6 +63,11 @@ const INACTIVITY_TIMEOUT = 3600;
 const FILE_STORAGE = new Set(["nfs", "glusterfs", "posixfs", "localfs"]);
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 const NIL_UUID = "00000000-0000-0000-0000-000000000000";
+/**
+ * Where an oVirt host keeps its hardware id (vdsm's); `VMSHIFT_VDSM_ID_FILE` names another
+ * file (vmshift in a container that sees the host's /etc/vdsm elsewhere; the tests).
+ */
+const VDSM_ID = "/etc/vdsm/vdsm.id";
 
 /** The checked options of `-o rhv`. */
 export interface RhvOptions {
@@ -282,6 +296,8 @@ class RhvSession implements OutputSession {
   #sd!: StorageDomainInfo;
   #dcId!: string;
   #cluster!: ClusterInfo;
+  /** This machine, when it is an oVirt host that is up in the storage domain's data center. */
+  #host: HostInfo | undefined;
   #committed = false;
   #undone = false;
 
@@ -345,6 +361,7 @@ class RhvSession implements OutputSession {
     const dc = await engine.dataCenterOfStorage(storage);
     if (!dc) throw new Error(`Storage domain "${storage}" is not attached to any data center`);
     this.#dcId = dc.id;
+    this.#host = await this.#thisHost(dc);
     const clusters = await engine.clustersOf(dc.id);
     const cluster = clusters.find((c) => c.name === clusterName);
     if (!cluster) {
@@ -393,6 +410,47 @@ class RhvSession implements OutputSession {
     signal.throwIfAborted();
   }
 
+  /**
+   * This machine as a host of the data center, when it is an oVirt host (it has vdsm's hardware
+   * id) that is up there, as virt-v2v and imageio's client find it: its transfers are then
+   * served here, and written over the imageio daemon's local socket. It is only a speed-up:
+   * anything that goes wrong leaves the choice to the engine.
+   */
+  async #thisHost(dc: DataCenterInfo): Promise<HostInfo | undefined> {
+    const file = Deno.env.get("VMSHIFT_VDSM_ID_FILE") || VDSM_ID;
+    let hardwareId: string;
+    try {
+      hardwareId = (await Deno.readTextFile(file)).split("\n")[0]!.trim();
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        this.#ctx.debug(`no ${file}: not an oVirt host, the engine chooses the host`);
+      } else {
+        this.#ctx.warning(`Cannot read ${file} (${fsReason(e)}): the engine chooses the host`);
+      }
+      return undefined;
+    }
+    if (!hardwareId || !dc.name) {
+      this.#ctx.debug(
+        `${hardwareId ? "the data center has no name" : `${file} is empty`}: ` +
+          `the engine chooses the host`,
+      );
+      return undefined;
+    }
+    const host = await this.#engine.upHost(hardwareId, dc.name).catch((e) => {
+      if (!(e instanceof EngineError)) throw e;
+      this.#ctx.warning(`${e.message}: the engine chooses the host`);
+      return undefined;
+    });
+    this.#ctx.debug(
+      host
+        ? `this machine is host "${host.name ?? host.id}" of data center "${dc.name}": ` +
+          `transfers are served here`
+        : `no host of hardware id ${hardwareId} is up in data center "${dc.name}": ` +
+          `the engine chooses the host`,
+    );
+    return host;
+  }
+
   get #fileStorage(): boolean {
     return FILE_STORAGE.has(this.#sd.storageType ?? "");
   }
@@ -426,7 +484,7 @@ class RhvSession implements OutputSession {
       return d.status === "ok" ? d : undefined;
     });
 
-    const started = await engine.addUpload(created.id, INACTIVITY_TIMEOUT);
+    const started = await engine.addUpload(created.id, INACTIVITY_TIMEOUT, this.#host?.id);
     const transfer: Transfer = { id: started.id, diskIndex: i, finished: false };
     this.#transfers.push(transfer);
     this.#ctx.debug(`started transfer ${started.id} to disk ${created.id}`);
@@ -446,6 +504,7 @@ class RhvSession implements OutputSession {
           case "resuming":
             return undefined;
           case "transferring":
+            this.#ctx.debug(`transfer ${t.id} is served by host ${t.hostId ?? "(not said)"}`);
             return t;
           case "paused_system":
             throw new Error(

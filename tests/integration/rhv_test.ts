@@ -127,6 +127,43 @@ Deno.test("-o rhv on the imageio daemon's host uploads over its local socket", a
   await w.sb.assertNothingLeft();
 });
 
+Deno.test("-o rhv on an oVirt host asks for its transfers to be served by that host", async () => {
+  await using w = await world({
+    hosts: [{ name: "host1", status: "maintenance" }, { name: "host2" }, { name: "host3" }],
+  });
+  const [host1, host2, host3] = w.ovirt.hosts();
+  const vdsmId = join(w.sb.work, "vdsm.id");
+  const upload = async (name: string, env: Record<string, string>) => {
+    const r = await w.sb.run(w.args("-v", "-on", name), { env });
+    assertEquals(r.code, 0, r.stderr);
+    const t = w.ovirt.transfers().at(-1)!;
+    assertEquals(t.phase, "finished_success");
+    return { out: r.stderr + r.stdout, host: t.hostId, asked: t.hostAsked };
+  };
+
+  // This machine is host3 (up): its transfers are asked of it.
+  await Deno.writeTextFile(vdsmId, `${host3!.hwId}\n`);
+  const here = await upload("on-host3", { VMSHIFT_VDSM_ID_FILE: vdsmId });
+  assertEquals([here.host, here.asked], [host3!.id, true]);
+  assertStringIncludes(here.out, `this machine is host "host3" of data center "Default"`);
+
+  // host1 is in maintenance: the engine chooses (host2, the first that is up).
+  await Deno.writeTextFile(vdsmId, `${host1!.hwId}\n`);
+  const down = await upload("on-host1", { VMSHIFT_VDSM_ID_FILE: vdsmId });
+  assertEquals([down.host, down.asked], [host2!.id, false]);
+  assertStringIncludes(down.out, `no host of hardware id ${host1!.hwId} is up`);
+
+  // Not an oVirt host; and a vdsm.id that cannot be read, which only warns.
+  const none = await upload("no-vdsm", { VMSHIFT_VDSM_ID_FILE: join(w.sb.work, "missing") });
+  assertEquals(none.asked, false);
+  assertStringIncludes(none.out, "not an oVirt host");
+  const unreadable = await upload("unreadable", { VMSHIFT_VDSM_ID_FILE: w.sb.work });
+  assertEquals(unreadable.asked, false);
+  assertMatch(unreadable.out, /Cannot read .*: the engine chooses the host/);
+  assertEquals(w.ovirt.vms().length, 4);
+  await w.sb.assertNothingLeft();
+});
+
 Deno.test("-o rhv -of qcow2 uploads a cow disk that holds the same guest", async () => {
   await using w = await world();
   const r = await w.sb.run(w.args("-of", "qcow2", "-on", "guest-cow"));
