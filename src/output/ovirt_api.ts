@@ -65,8 +65,6 @@ export interface DataCenterInfo {
 export interface HostInfo {
   id: string;
   name?: string;
-  /** up, maintenance, non_responsive, ... */
-  status?: string;
 }
 
 /** A cluster. */
@@ -317,9 +315,7 @@ export class OvirtApi implements AsyncDisposable {
       (o) => api.listHosts({ search }, o),
     );
     const host = list(res.data, "host").map(obj).find((h) => str(h.id));
-    return host
-      ? defined({ id: str(host.id)!, name: str(host.name), status: str(host.status) })
-      : undefined;
+    return host ? defined({ id: str(host.id)!, name: str(host.name) }) : undefined;
   }
 
   /**

@@ -63,10 +63,9 @@ export async function fixBootloader(guest: LinuxGuest, kernels: Kernel[]): Promi
   } else if (!firstFile(g, ["/boot/grub/menu.lst", "/boot/grub/grub.conf"])) {
     report.problem("No GRUB configuration found: check the bootloader by hand");
   }
-  for (const file of [...CMDLINE_FILES, ...entries, ...(config ? [config] : [])]) {
-    await remapFile(guest, file, (_, after) => after);
+  for (const file of [...CMDLINE_FILES, ...entries, ...envs, ...(config ? [config] : [])]) {
+    await remapFile(guest, file);
   }
-  for (const file of envs) await remapFile(guest, file, resizeEnvBlock);
   await chooseDefaultKernel(guest, kernels);
 }
 
@@ -106,12 +105,13 @@ async function regenerate(
   }
   const probed = await probeRoot(guest, tool);
   if (!probed) return;
-  const rename = (text: string) => renameRoot(text, probed, guest.root);
-  await editText(g, config, rename);
-  for (const [f, text] of before) {
-    if (await readText(g, f) !== text) {
-      await editText(g, f, f.endsWith("grubenv") ? (t) => resizeEnvBlock(t, rename(t)) : rename);
-    }
+  await editText(g, config, (text) => renameRoot(text, probed, guest.root));
+  for (const [f, old] of before) {
+    await editText(
+      g,
+      f,
+      (text) => text === old ? text : fitEdit(f)(text, renameRoot(text, probed, guest.root)),
+    );
   }
 }
 
@@ -186,16 +186,22 @@ export function resizeEnvBlock(before: string, after: string): string {
   return length > size ? before : text + "#".repeat(size - length);
 }
 
-async function remapFile(
-  guest: LinuxGuest,
-  file: string,
-  fit: (before: string, after: string) => string,
-): Promise<void> {
+/**
+ * How an edit of a file is written: grubenv at its fixed size, any other file as edited.
+ *
+ * @param file The file.
+ * @returns From the text before and after the edit, what to write.
+ */
+function fitEdit(file: string): (before: string, after: string) => string {
+  return file.endsWith("/grubenv") ? resizeEnvBlock : (_, after) => after;
+}
+
+async function remapFile(guest: LinuxGuest, file: string): Promise<void> {
   const changes: string[] = [];
   const unknown: string[] = [];
   await editText(guest.g, file, (text) => {
     const r = remapDevices(text, guest.devices);
-    const out = fit(text, r.text);
+    const out = fitEdit(file)(text, r.text);
     if (out === text && r.text !== text) {
       guest.report.problem(`${file}: no room for the new device names; not changed`);
       return text;
